@@ -1,0 +1,72 @@
+#include "core/activations.h"
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace sae {
+namespace {
+
+TEST(ActivationsTest, SelectTopKMatchesSortOnRandomRows) {
+  std::mt19937_64 rng(1);
+  std::normal_distribution<float> normal;
+  RowMatrix pre(50, 300);
+  for (Eigen::Index i = 0; i < pre.size(); ++i) pre.data()[i] = normal(rng);
+  for (int64_t k : {1, 7, 32, 300}) {
+    std::vector<int32_t> idx(50 * k);
+    std::vector<float> val(50 * k);
+    SelectTopK(pre, k, idx.data(), val.data());
+    for (Eigen::Index r = 0; r < pre.rows(); ++r) {
+      std::vector<int32_t> order(300);
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int a, int b) { return pre(r, a) > pre(r, b); });
+      std::vector<int32_t> want(order.begin(), order.begin() + k);
+      std::sort(want.begin(), want.end());
+      std::vector<int32_t> got(idx.begin() + r * k, idx.begin() + (r + 1) * k);
+      ASSERT_EQ(got, want) << "row " << r << " k " << k;
+      for (int64_t t = 0; t < k; ++t) {
+        EXPECT_EQ(val[r * k + t], std::max(0.0f, pre(r, got[t])));
+      }
+    }
+  }
+}
+
+TEST(ActivationsTest, TiesGoToTheLowerIndex) {
+  RowMatrix pre(1, 5);
+  pre << 1, 2, 2, 2, 0;
+  int32_t idx[2];
+  float val[2];
+  SelectTopK(pre, 2, idx, val);
+  EXPECT_EQ(idx[0], 1);
+  EXPECT_EQ(idx[1], 2);
+}
+
+TEST(ActivationsTest, TopKInPlaceKeepsKAndAppliesRelu) {
+  RowMatrix pre(2, 4);
+  pre << 3, -1, 2, 0.5, -3, -2, -1, -4;
+  TopKInPlace(pre, 2);
+  RowMatrix want(2, 4);
+  want << 3, 0, 2, 0, 0, 0, 0, 0;  // negatives among the top 2 become 0
+  EXPECT_EQ(pre, want);
+}
+
+TEST(ActivationsTest, ReluAndSigmoid) {
+  RowMatrix m(1, 3);
+  m << -1, 0, 2;
+  RowMatrix r = m;
+  ReluInPlace(r);
+  EXPECT_EQ(r(0, 0), 0);
+  EXPECT_EQ(r(0, 2), 2);
+  RowMatrix s = m;
+  SigmoidInPlace(s);
+  EXPECT_NEAR(s(0, 0), 0.26894142, 1e-6);
+  EXPECT_NEAR(s(0, 1), 0.5, 1e-7);
+  EXPECT_NEAR(s(0, 2), 0.88079708, 1e-6);
+}
+
+}  // namespace
+}  // namespace sae

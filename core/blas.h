@@ -1,0 +1,26 @@
+// Thin wrapper over OpenBLAS's single-precision GEMM for row-major Eigen
+// views. Eigen's own product reaches about half of OpenBLAS's rate on the
+// development machine, so every large product in the core goes through here.
+#ifndef SAE_CORE_BLAS_H_
+#define SAE_CORE_BLAS_H_
+
+#include "core/tensor.h"
+
+namespace sae {
+
+enum class Transpose { kNo, kYes };
+
+// C = alpha * op(A) * op(B) + beta * C, all row-major. Shapes must agree
+// (checked with assertions in debug builds only: callers validate input).
+// Thread-safe: OpenBLAS serializes or partitions concurrent calls itself.
+void Gemm(Transpose trans_a, Transpose trans_b, float alpha, ConstMatrixRef a,
+          ConstMatrixRef b, float beta, MatrixRef c);
+
+// Sets how many threads OpenBLAS uses for one product (process-wide).
+// num_threads <= 0 means one per core.
+void SetBlasThreads(int num_threads);
+int BlasThreads();
+
+}  // namespace sae
+
+#endif  // SAE_CORE_BLAS_H_

@@ -1,0 +1,98 @@
+// A trained sparse autoencoder: immutable weights plus their config.
+//
+//   codes  f     = act(W_enc^T (s * x - b_dec) + b_enc)      s = input_scale
+//   output x_hat = (W_dec^T f + b_dec) / s
+//
+// Weights use SAELens's layout so that a model file maps onto them directly:
+// W_enc [d_in, d_hidden], W_dec [d_hidden, d_in], b_enc [d_hidden],
+// b_dec [d_in], row-major float32.
+//
+// Thread safety: a Model never changes after Create, so any number of threads
+// may call its const methods at once. Share it as shared_ptr<const Model>.
+#ifndef SAE_CORE_MODEL_H_
+#define SAE_CORE_MODEL_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/model_config.h"
+#include "core/tensor.h"
+
+namespace sae {
+
+struct ModelWeights {
+  RowMatrix w_enc;  // [d_in, d_hidden]
+  Vector b_enc;     // [d_hidden]
+  RowMatrix w_dec;  // [d_hidden, d_in]
+  Vector b_dec;     // [d_in]
+};
+
+// Sparse codes in compressed-row form: row r's active units are
+// indices[row_offsets[r] .. row_offsets[r+1]) with the matching values,
+// in ascending unit order.
+struct SparseCodes {
+  int64_t rows = 0;
+  int64_t d_hidden = 0;
+  std::vector<int64_t> row_offsets;  // rows + 1 entries, starts at 0
+  std::vector<int32_t> indices;
+  std::vector<float> values;
+};
+
+class Model {
+ public:
+  // Checks the config and that every weight has the shape the config implies
+  // and holds only finite values. INVALID_ARGUMENT otherwise.
+  static absl::StatusOr<std::shared_ptr<const Model>> Create(
+      ModelConfig config, ModelWeights weights);
+
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return weights_; }
+  int64_t d_in() const { return config_.d_in; }
+  int64_t d_hidden() const { return config_.d_hidden; }
+
+  // Dense codes [rows, d_hidden] for x [rows, d_in]. `codes` must already
+  // have that shape. INVALID_ARGUMENT on a width or shape mismatch.
+  absl::Status Encode(ConstMatrixRef x, MatrixRef codes) const;
+  absl::StatusOr<RowMatrix> Encode(ConstMatrixRef x) const;
+
+  // Sparse codes: every nonzero unit of each row, or when max_per_row > 0
+  // only the max_per_row largest of them.
+  absl::StatusOr<SparseCodes> EncodeSparse(ConstMatrixRef x,
+                                           int64_t max_per_row = 0) const;
+
+  // Maps codes [rows, d_hidden] back to input space [rows, d_in].
+  absl::StatusOr<RowMatrix> Decode(ConstMatrixRef codes) const;
+
+  // Decode(Encode(x)). For TopK models the decoder touches only the k active
+  // units of each row.
+  absl::Status Reconstruct(ConstMatrixRef x, MatrixRef out) const;
+  absl::StatusOr<RowMatrix> Reconstruct(ConstMatrixRef x) const;
+
+  // Reconstruct, then clip to [clip_min, clip_max] when the config asks for
+  // it. Meant for models trained on corrupted inputs.
+  absl::Status Denoise(ConstMatrixRef x, MatrixRef out) const;
+  absl::StatusOr<RowMatrix> Denoise(ConstMatrixRef x) const;
+
+ private:
+  Model(ModelConfig config, ModelWeights weights);
+
+  absl::Status CheckInput(ConstMatrixRef x, int64_t width,
+                          const char* what) const;
+  // Pre-activations W_enc^T (s x - b_dec) + b_enc into `pre`.
+  void PreActivations(ConstMatrixRef x, MatrixRef pre) const;
+
+  const ModelConfig config_;
+  const ModelWeights weights_;
+};
+
+// Fresh weights for `config`: W_enc uniform in +-1/sqrt(d_in) (Kaiming-style)
+// from `seed`, W_dec its transpose when tied_init (rows normalised when
+// unit_norm_decoder), zero biases.
+ModelWeights InitialWeights(const ModelConfig& config, uint64_t seed);
+
+}  // namespace sae
+
+#endif  // SAE_CORE_MODEL_H_

@@ -1,0 +1,71 @@
+// The training objective of a sparse autoencoder and its exact gradient.
+//
+//   loss = (1/B) sum_b ||x_hat_b - target_b||^2            reconstruction
+//        + (l1 / B) sum_b sum_j |f_bj|                      ReLU / TopK
+//        + beta * sum_j KL(rho || mean_b f_bj)              sigmoid
+//
+// `input` is what the encoder sees (possibly corrupted), `target` the clean
+// row. Weight decay is not part of the loss: the optimizer applies it
+// (decoupled, as in AdamW).
+//
+// For TopK the forward decoder and the whole backward pass touch only the k
+// selected units of each row; the gradient rows of the other units are left
+// stale and flagged untouched.
+#ifndef SAE_CORE_OBJECTIVE_H_
+#define SAE_CORE_OBJECTIVE_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "core/model_config.h"
+#include "core/parameters.h"
+#include "core/tensor.h"
+
+namespace sae {
+
+struct LossTerms {
+  double total = 0;           // reconstruction + sparsity
+  double reconstruction = 0;  // mean over rows of the squared error
+  double sparsity = 0;        // the penalty term
+  double mean_l0 = 0;         // active units per row
+  // For FVU: sum of squared errors and sum of squared deviations of the
+  // target from its batch mean.
+  double squared_error_sum = 0;
+  double target_variance_sum = 0;
+};
+
+// Gradient with respect to every parameter. unit_touched[j] says whether row
+// j of the w_enc_t and w_dec gradients was written this step; rows not
+// touched are stale and must be read as zero. Biases are always written.
+struct Gradients {
+  explicit Gradients(int64_t d_in, int64_t d_hidden)
+      : values(d_in, d_hidden), unit_touched(static_cast<size_t>(d_hidden), 1) {}
+  ParameterSet values;
+  std::vector<uint8_t> unit_touched;
+};
+
+// Scratch memory reused across batches so that a step allocates nothing.
+struct ObjectiveWorkspace {
+  RowMatrix centered;     // input - b_dec
+  RowMatrix pre;          // pre-activations, then codes (dense path)
+  RowMatrix output;       // x_hat, then dLoss/dx_hat
+  RowMatrix grad_codes;   // dLoss/df (dense path)
+  std::vector<int32_t> topk_indices;
+  std::vector<float> topk_values;
+  std::vector<uint8_t> unit_fired;  // unit was active for some row
+};
+
+// An activation counts as active when f > kActiveThreshold (sigmoid units
+// are never exactly zero: those above one half count).
+float ActiveThreshold(Activation activation);
+
+// Computes the loss for a batch; when `grads` is not null, also its exact
+// gradient. `input` and `target` have the same shape [B, d_in], B >= 1.
+// Fills workspace->unit_fired. Not thread-safe per workspace.
+LossTerms ComputeLoss(const ModelConfig& config, const ParameterSet& params,
+                      ConstMatrixRef input, ConstMatrixRef target,
+                      ObjectiveWorkspace* workspace, Gradients* grads);
+
+}  // namespace sae
+
+#endif  // SAE_CORE_OBJECTIVE_H_

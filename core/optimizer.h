@@ -1,0 +1,62 @@
+// First-order optimizers over a ParameterSet: Adam (with decoupled weight
+// decay, as AdamW) and SGD with momentum, both with linear learning-rate
+// warm-up. Not thread-safe; one per training run.
+#ifndef SAE_CORE_OPTIMIZER_H_
+#define SAE_CORE_OPTIMIZER_H_
+
+#include <cstdint>
+#include <memory>
+#include "absl/strings/string_view.h"
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/objective.h"
+#include "core/parameters.h"
+
+namespace sae {
+
+enum class OptimizerKind { kAdam, kSgd };
+absl::string_view OptimizerName(OptimizerKind kind);
+absl::StatusOr<OptimizerKind> ParseOptimizer(absl::string_view name);
+
+struct OptimizerOptions {
+  OptimizerKind kind = OptimizerKind::kAdam;
+  float learning_rate = 1e-3f;  // > 0
+  float beta1 = 0.9f;           // Adam, [0, 1)
+  float beta2 = 0.999f;         // Adam, [0, 1)
+  float epsilon = 1e-8f;        // Adam, > 0
+  float momentum = 0.9f;        // SGD, [0, 1)
+  // The learning rate rises linearly from lr/warmup_steps to lr over the
+  // first warmup_steps steps. 0 disables warm-up.
+  int64_t warmup_steps = 0;
+
+  // INVALID_ARGUMENT naming the first bad field.
+  absl::Status Validate() const;
+};
+
+class Optimizer {
+ public:
+  // Creates an optimizer with zeroed state sized for `shape`.
+  static absl::StatusOr<std::unique_ptr<Optimizer>> Create(
+      const OptimizerOptions& options, const ParameterSet& shape);
+  virtual ~Optimizer() = default;
+
+  // Applies one update to `params`. Weight rows that `grads` marks untouched
+  // get a zero gradient (their moments still decay). weight_decay is applied
+  // to the weight matrices only, decoupled from the gradient.
+  virtual void Step(const Gradients& grads, float weight_decay,
+                    ParameterSet* params) = 0;
+
+  int64_t steps_taken() const { return steps_taken_; }
+  // The learning rate the next step will use (after warm-up scaling).
+  float CurrentLearningRate() const;
+
+ protected:
+  explicit Optimizer(const OptimizerOptions& options) : options_(options) {}
+  const OptimizerOptions options_;
+  int64_t steps_taken_ = 0;
+};
+
+}  // namespace sae
+
+#endif  // SAE_CORE_OPTIMIZER_H_

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs every Debian package the project needs (idempotent), then
+# configures and builds into build/. Safe to run again: it only installs
+# what is missing and rebuilds what changed.
+#
+#   scripts/setup.sh            install + build (Release)
+#   SAE_SKIP_INSTALL=1 scripts/setup.sh    build only
+#   SAE_BUILD_DIR=out scripts/setup.sh     another build folder
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD_DIR="${SAE_BUILD_DIR:-$ROOT/build}"
+
+PACKAGES=(
+  build-essential cmake pkg-config git
+  libeigen3-dev libopenblas-dev libabsl-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [[ "${SAE_SKIP_INSTALL:-0}" != 1 && ${#missing[@]} -gt 0 ]]; then
+  SUDO=""
+  if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="${SAE_BUILD_TYPE:-Release}" ${SAE_CMAKE_ARGS:-}
+cmake --build "$BUILD_DIR" -j"${SAE_JOBS:-2}"
