@@ -37,37 +37,93 @@ inline bool Stronger(const Candidate& a, const Candidate& b) {
 
 }  // namespace
 
+namespace {
+
+constexpr int64_t kBlock = 16;
+
+// Writes the k strongest of `heap` (already the k strongest candidates) to
+// the outputs in ascending index order.
+void EmitSorted(std::vector<Candidate>& best, int64_t k, int32_t* out_idx,
+                float* out_val) {
+  std::sort(best.begin(), best.begin() + k,
+            [](const Candidate& a, const Candidate& b) { return a.index < b.index; });
+  for (int64_t t = 0; t < k; ++t) {
+    out_idx[t] = best[t].index;
+    out_val[t] = std::max(0.0f, best[t].value);
+  }
+}
+
+// Streaming selection with a size-k min-heap: O(cols + k log k log cols).
+void SelectRowWithHeap(const float* row, int64_t cols, int64_t k,
+                       std::vector<Candidate>& heap) {
+  heap.resize(static_cast<size_t>(k));
+  for (int64_t c = 0; c < k; ++c) heap[c] = {row[c], static_cast<int32_t>(c)};
+  std::make_heap(heap.begin(), heap.end(), Stronger);  // front = weakest
+  float threshold = heap.front().value;
+  for (int64_t c = k; c < cols; ++c) {
+    // Later columns have larger indices, so a tie never displaces.
+    if (row[c] > threshold) {
+      std::pop_heap(heap.begin(), heap.end(), Stronger);
+      heap.back() = {row[c], static_cast<int32_t>(c)};
+      std::push_heap(heap.begin(), heap.end(), Stronger);
+      threshold = heap.front().value;
+    }
+  }
+}
+
+// Block-maximum pruning. With T the k-th largest of the per-block maxima,
+// at least k values are >= T, so the k-th largest value is >= T and only
+// values >= T (found in the few blocks whose maximum reaches T) can be
+// among the top k. Exact, including ties (they are all kept as candidates
+// and ordered by index).
+void SelectRowWithBlocks(const float* row, int64_t cols, int64_t k,
+                         std::vector<float>& block_max,
+                         std::vector<float>& scratch,
+                         std::vector<Candidate>& candidates) {
+  const int64_t full = cols / kBlock;
+  const int64_t blocks = (cols + kBlock - 1) / kBlock;
+  block_max.resize(static_cast<size_t>(blocks));
+  for (int64_t b = 0; b < full; ++b) {
+    block_max[b] =
+        Eigen::Map<const Eigen::Array<float, kBlock, 1>>(row + b * kBlock).maxCoeff();
+  }
+  if (full < blocks) {
+    block_max[full] = *std::max_element(row + full * kBlock, row + cols);
+  }
+  scratch.assign(block_max.begin(), block_max.end());
+  std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end(),
+                   std::greater<float>());
+  const float bound = scratch[k - 1];
+  candidates.clear();
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (!(block_max[b] >= bound)) continue;
+    const int64_t end = std::min(cols, (b + 1) * kBlock);
+    for (int64_t c = b * kBlock; c < end; ++c) {
+      if (row[c] >= bound) candidates.push_back({row[c], static_cast<int32_t>(c)});
+    }
+  }
+  std::nth_element(candidates.begin(), candidates.begin() + (k - 1),
+                   candidates.end(), Stronger);
+}
+
+}  // namespace
+
 void SelectTopK(ConstMatrixRef pre, int64_t k, int32_t* indices,
                 float* values) {
   const int64_t cols = pre.cols();
-  std::vector<Candidate> heap(static_cast<size_t>(k));
+  const int64_t blocks = (cols + kBlock - 1) / kBlock;
+  // Pruning pays when the top k occupy a small share of the blocks.
+  const bool use_blocks = k * 4 <= blocks;
+  std::vector<Candidate> best;
+  std::vector<float> block_max, scratch;
   for (Eigen::Index r = 0; r < pre.rows(); ++r) {
     const float* row = pre.row(r).data();
-    for (int64_t c = 0; c < k; ++c) {
-      heap[c] = {row[c], static_cast<int32_t>(c)};
+    if (use_blocks) {
+      SelectRowWithBlocks(row, cols, k, block_max, scratch, best);
+    } else {
+      SelectRowWithHeap(row, cols, k, best);
     }
-    // Min-heap on strength: heap.front() is the weakest of the kept ones.
-    std::make_heap(heap.begin(), heap.end(), Stronger);
-    float threshold = heap.front().value;
-    for (int64_t c = k; c < cols; ++c) {
-      // Later columns have larger indices, so a tie never displaces.
-      if (row[c] > threshold) {
-        std::pop_heap(heap.begin(), heap.end(), Stronger);
-        heap.back() = {row[c], static_cast<int32_t>(c)};
-        std::push_heap(heap.begin(), heap.end(), Stronger);
-        threshold = heap.front().value;
-      }
-    }
-    std::sort(heap.begin(), heap.end(),
-              [](const Candidate& a, const Candidate& b) {
-                return a.index < b.index;
-              });
-    int32_t* out_idx = indices + r * k;
-    float* out_val = values + r * k;
-    for (int64_t t = 0; t < k; ++t) {
-      out_idx[t] = heap[t].index;
-      out_val[t] = std::max(0.0f, heap[t].value);
-    }
+    EmitSorted(best, k, indices + r * k, values + r * k);
   }
 }
 

@@ -35,6 +35,32 @@ TEST(ActivationsTest, SelectTopKMatchesSortOnRandomRows) {
   }
 }
 
+// Wide rows take the block-pruning path; values from a small set make many
+// ties at the threshold.
+TEST(ActivationsTest, SelectTopKOnWideRowsWithTiesMatchesStableSort) {
+  std::mt19937_64 rng(2);
+  std::uniform_int_distribution<int> level(-20, 20);
+  for (int64_t cols : {4096, 1000, 257}) {
+    RowMatrix pre(20, cols);
+    for (Eigen::Index i = 0; i < pre.size(); ++i) pre.data()[i] = level(rng) * 0.5f;
+    for (int64_t k : {1, 8, 32, 64}) {
+      std::vector<int32_t> idx(20 * k);
+      std::vector<float> val(20 * k);
+      SelectTopK(pre, k, idx.data(), val.data());
+      for (Eigen::Index r = 0; r < pre.rows(); ++r) {
+        std::vector<int32_t> order(cols);
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(),
+                         [&](int a, int b) { return pre(r, a) > pre(r, b); });
+        std::vector<int32_t> want(order.begin(), order.begin() + k);
+        std::sort(want.begin(), want.end());
+        std::vector<int32_t> got(idx.begin() + r * k, idx.begin() + (r + 1) * k);
+        ASSERT_EQ(got, want) << "cols " << cols << " k " << k << " row " << r;
+      }
+    }
+  }
+}
+
 TEST(ActivationsTest, TiesGoToTheLowerIndex) {
   RowMatrix pre(1, 5);
   pre << 1, 2, 2, 2, 0;

@@ -2,13 +2,54 @@
 
 #include <cblas.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cassert>
 #include <thread>
 
+#include "core/parallel.h"
+
 namespace sae {
+namespace {
+
+// OpenBLAS always runs single-threaded here; the project's own pool splits
+// large products into per-thread blocks instead. One set of threads does
+// all the work: OpenBLAS's idle workers would otherwise spin (sched_yield)
+// against the pool's threads on a small machine. A lone product still uses
+// every core; concurrent callers (server requests) each get their own core.
+std::atomic<int> g_threads{0};
+
+int DefaultThreads() {
+  const int n = static_cast<int>(std::thread::hardware_concurrency());
+  return n > 0 ? n : 1;
+}
+
+void EnsureInitialised() {
+  static const bool once = [] {
+    openblas_set_num_threads(1);
+    int expected = 0;
+    g_threads.compare_exchange_strong(expected, DefaultThreads());
+    return true;
+  }();
+  (void)once;
+}
+
+// Blocks below this many output elements per thread are not worth a split.
+constexpr int64_t kMinBlockElements = 64 * 1024;
+
+void SerialGemm(bool ta, bool tb, int m, int n, int k, float alpha,
+                const float* a, int lda, const float* b, int ldb, float beta,
+                float* c, int ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
+              tb ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb,
+              beta, c, ldc);
+}
+
+}  // namespace
 
 void Gemm(Transpose trans_a, Transpose trans_b, float alpha, ConstMatrixRef a,
           ConstMatrixRef b, float beta, MatrixRef c) {
+  EnsureInitialised();
   const bool ta = trans_a == Transpose::kYes;
   const bool tb = trans_b == Transpose::kYes;
   const int m = static_cast<int>(c.rows());
@@ -26,21 +67,41 @@ void Gemm(Transpose trans_a, Transpose trans_b, float alpha, ConstMatrixRef a,
     }
     return;
   }
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
-              tb ? CblasTrans : CblasNoTrans, m, n, k, alpha, a.data(),
-              static_cast<int>(a.outerStride()), b.data(),
-              static_cast<int>(b.outerStride()), beta, c.data(),
-              static_cast<int>(c.outerStride()));
+  const int lda = static_cast<int>(a.outerStride());
+  const int ldb = static_cast<int>(b.outerStride());
+  const int ldc = static_cast<int>(c.outerStride());
+  const float* pa = a.data();
+  const float* pb = b.data();
+  float* pc = c.data();
+  // Split the output along its longer side into one block per thread.
+  const bool split_rows = m >= n;
+  const int64_t extent = split_rows ? m : n;
+  const int64_t min_extent = std::max<int64_t>(
+      16, kMinBlockElements / std::max(1, split_rows ? n : m));
+  ParallelFor(extent, min_extent, [&](int, int64_t lo, int64_t hi) {
+    const int len = static_cast<int>(hi - lo);
+    if (split_rows) {
+      // Rows lo..hi of op(A) and C.
+      const float* a_block = ta ? pa + lo : pa + lo * lda;
+      SerialGemm(ta, tb, len, n, k, alpha, a_block, lda, pb, ldb, beta,
+                 pc + lo * ldc, ldc);
+    } else {
+      // Columns lo..hi of op(B) and C.
+      const float* b_block = tb ? pb + lo * ldb : pb + lo;
+      SerialGemm(ta, tb, m, len, k, alpha, pa, lda, b_block, ldb, beta,
+                 pc + lo, ldc);
+    }
+  });
 }
 
 void SetBlasThreads(int num_threads) {
-  if (num_threads <= 0) {
-    num_threads = static_cast<int>(std::thread::hardware_concurrency());
-    if (num_threads <= 0) num_threads = 1;
-  }
-  openblas_set_num_threads(num_threads);
+  EnsureInitialised();
+  g_threads = num_threads > 0 ? num_threads : DefaultThreads();
 }
 
-int BlasThreads() { return openblas_get_num_threads(); }
+int BlasThreads() {
+  EnsureInitialised();
+  return g_threads.load();
+}
 
 }  // namespace sae

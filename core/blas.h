@@ -12,12 +12,14 @@ enum class Transpose { kNo, kYes };
 
 // C = alpha * op(A) * op(B) + beta * C, all row-major. Shapes must agree
 // (checked with assertions in debug builds only: callers validate input).
-// Thread-safe: OpenBLAS serializes or partitions concurrent calls itself.
+// Large products are split into one block of C per thread (ParallelFor),
+// each computed by single-threaded OpenBLAS. Thread-safe: a call made while
+// the pool is busy runs on the calling thread alone.
 void Gemm(Transpose trans_a, Transpose trans_b, float alpha, ConstMatrixRef a,
           ConstMatrixRef b, float beta, MatrixRef c);
 
-// Sets how many threads OpenBLAS uses for one product (process-wide).
-// num_threads <= 0 means one per core.
+// Sets how many threads one product (and ParallelFor) uses, process-wide.
+// num_threads <= 0 means one per core (the default).
 void SetBlasThreads(int num_threads);
 int BlasThreads();
 

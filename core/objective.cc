@@ -5,6 +5,7 @@
 
 #include "core/activations.h"
 #include "core/blas.h"
+#include "core/parallel.h"
 
 namespace sae {
 namespace {
@@ -16,42 +17,67 @@ void EnsureShape(RowMatrix& m, Eigen::Index rows, Eigen::Index cols) {
   if (m.rows() != rows || m.cols() != cols) m.resize(rows, cols);
 }
 
-// Fills output = x_hat - target and returns the sums for the loss and FVU.
+// Turns output (x_hat) into the residual x_hat - target and fills the sums
+// for the loss and FVU, in one pass over the batch.
 void ResidualStats(ConstMatrixRef target, RowMatrix& output, LossTerms* t) {
-  output -= target;
-  t->squared_error_sum = output.cast<double>().squaredNorm();
-  const Eigen::RowVectorXd mean = target.cast<double>().colwise().mean();
+  const Eigen::Index cols = output.cols();
+  Eigen::ArrayXd col_sum = Eigen::ArrayXd::Zero(cols);
+  Eigen::ArrayXd col_sq = Eigen::ArrayXd::Zero(cols);
+  double err = 0;
+  for (Eigen::Index b = 0; b < output.rows(); ++b) {
+    float* out = output.row(b).data();
+    const float* tgt = target.row(b).data();
+    for (Eigen::Index c = 0; c < cols; ++c) {
+      out[c] -= tgt[c];
+      col_sum[c] += tgt[c];
+      col_sq[c] += static_cast<double>(tgt[c]) * tgt[c];
+    }
+    err += output.row(b).squaredNorm();  // vectorised reduction
+  }
+  const double n = static_cast<double>(output.rows());
+  t->squared_error_sum = err;
+  // sum over rows of (t - mean)^2 = sum t^2 - (sum t)^2 / n, per column.
   t->target_variance_sum =
-      (target.cast<double>().rowwise() - mean).squaredNorm();
+      std::max(0.0, (col_sq - col_sum.square() / n).sum());
+}
+
+// Adds each row of m into out (out = column sums of m), vectorised along rows.
+void ColumnSums(const RowMatrix& m, Eigen::Ref<Vector> out) {
+  out.setZero();
+  for (Eigen::Index b = 0; b < m.rows(); ++b) out += m.row(b).transpose();
 }
 
 LossTerms DenseLoss(const ModelConfig& config, const ParameterSet& params,
                     ConstMatrixRef target, ObjectiveWorkspace& ws,
                     Gradients* grads) {
   const Eigen::Index batch = ws.centered.rows();
+  const Eigen::Index d_h = config.d_hidden;
   const double inv_b = 1.0 / static_cast<double>(batch);
   LossTerms t;
   RowMatrix& codes = ws.pre;
-  codes.rowwise() = params.b_enc().transpose();
   Gemm(Transpose::kNo, Transpose::kYes, 1.0f, ws.centered, params.w_enc_t(),
-       1.0f, codes);
+       0.0f, codes);
+  // One pass: bias, activation, activity counts and the L1 sum.
   const bool sigmoid = config.activation == Activation::kSigmoid;
-  if (sigmoid) {
-    SigmoidInPlace(codes);
-  } else {
-    ReluInPlace(codes);
-  }
   const float threshold = ActiveThreshold(config.activation);
-  int64_t active = 0;
+  const float* b_enc = params.b_enc().data();
+  uint8_t* fired = ws.unit_fired.data();
   std::fill(ws.unit_fired.begin(), ws.unit_fired.end(), 0);
+  int64_t active = 0;
+  double code_sum = 0;
   for (Eigen::Index b = 0; b < batch; ++b) {
-    const float* row = codes.row(b).data();
-    for (Eigen::Index j = 0; j < codes.cols(); ++j) {
-      if (row[j] > threshold) {
-        ++active;
-        ws.unit_fired[j] = 1;
-      }
+    float* row = codes.row(b).data();
+    int64_t row_active = 0;
+    for (Eigen::Index j = 0; j < d_h; ++j) {
+      const float p = row[j] + b_enc[j];
+      const float f = sigmoid ? 1.0f / (1.0f + std::exp(-p)) : std::max(p, 0.0f);
+      row[j] = f;
+      const bool on = f > threshold;
+      row_active += on;
+      fired[j] |= on;
     }
+    active += row_active;
+    code_sum += codes.row(b).sum();  // vectorised reduction
   }
   t.mean_l0 = static_cast<double>(active) * inv_b;
 
@@ -63,16 +89,18 @@ LossTerms DenseLoss(const ModelConfig& config, const ParameterSet& params,
 
   Eigen::VectorXd rho_hat;
   if (sigmoid) {
-    rho_hat = codes.cast<double>().colwise().mean().transpose();
+    rho_hat = Eigen::VectorXd::Zero(d_h);
+    for (Eigen::Index b = 0; b < batch; ++b) rho_hat += codes.row(b).transpose().cast<double>();
+    rho_hat *= inv_b;
     const double rho = config.kl_rho;
     double kl = 0;
-    for (Eigen::Index j = 0; j < rho_hat.size(); ++j) {
+    for (Eigen::Index j = 0; j < d_h; ++j) {
       const double r = std::clamp(rho_hat[j], kKlClamp, 1 - kKlClamp);
       kl += rho * std::log(rho / r) + (1 - rho) * std::log((1 - rho) / (1 - r));
     }
     t.sparsity = config.kl_beta * kl;
   } else {
-    t.sparsity = config.l1_coefficient * codes.cast<double>().sum() * inv_b;
+    t.sparsity = config.l1_coefficient * code_sum * inv_b;
   }
   t.total = t.reconstruction + t.sparsity;
   if (grads == nullptr) return t;
@@ -82,30 +110,49 @@ LossTerms DenseLoss(const ModelConfig& config, const ParameterSet& params,
   RowMatrix& d_out = ws.output;
   d_out *= static_cast<float>(2.0 * inv_b);
   Gemm(Transpose::kYes, Transpose::kNo, 1.0f, codes, d_out, 0.0f, g.w_dec());
-  Vector d_b_dec = d_out.colwise().sum().transpose();
+  Vector d_b_dec(config.d_in);
+  ColumnSums(d_out, d_b_dec);
   RowMatrix& d_pre = ws.grad_codes;
   Gemm(Transpose::kNo, Transpose::kYes, 1.0f, d_out, params.w_dec(), 0.0f,
        d_pre);
+  // One pass: activation derivative, penalty gradient, and d_b_enc.
+  auto d_b_enc = g.b_enc();
+  d_b_enc.setZero();
+  float* db = d_b_enc.data();
   if (sigmoid) {
-    Eigen::RowVectorXf d_kl(rho_hat.size());
+    Eigen::VectorXf d_kl(d_h);
     const double rho = config.kl_rho;
-    for (Eigen::Index j = 0; j < rho_hat.size(); ++j) {
+    for (Eigen::Index j = 0; j < d_h; ++j) {
       const double r = std::clamp(rho_hat[j], kKlClamp, 1 - kKlClamp);
       d_kl[j] = static_cast<float>(config.kl_beta * inv_b *
                                    (-rho / r + (1 - rho) / (1 - r)));
     }
-    d_pre.rowwise() += d_kl;
-    d_pre.array() *= codes.array() * (1.0f - codes.array());
+    for (Eigen::Index b = 0; b < batch; ++b) {
+      float* dp = d_pre.row(b).data();
+      const float* f = codes.row(b).data();
+      for (Eigen::Index j = 0; j < d_h; ++j) {
+        const float v = (dp[j] + d_kl[j]) * f[j] * (1.0f - f[j]);
+        dp[j] = v;
+        db[j] += v;
+      }
+    }
   } else {
     const float l1 = static_cast<float>(config.l1_coefficient * inv_b);
-    d_pre = (codes.array() > 0.0f).select(d_pre.array() + l1, 0.0f);
+    for (Eigen::Index b = 0; b < batch; ++b) {
+      float* dp = d_pre.row(b).data();
+      const float* f = codes.row(b).data();
+      for (Eigen::Index j = 0; j < d_h; ++j) {
+        const float v = f[j] > 0.0f ? dp[j] + l1 : 0.0f;
+        dp[j] = v;
+        db[j] += v;
+      }
+    }
   }
-  g.b_enc() = d_pre.colwise().sum().transpose();
   Gemm(Transpose::kYes, Transpose::kNo, 1.0f, d_pre, ws.centered, 0.0f,
        g.w_enc_t());
   // b_dec is subtracted from the input too: that path contributes
   // -W_enc_t^T d_b_enc, a matrix-vector product instead of a sixth GEMM.
-  d_b_dec.noalias() -= params.w_enc_t().transpose() * g.b_enc();
+  d_b_dec.noalias() -= params.w_enc_t().transpose() * d_b_enc;
   g.b_dec() = d_b_dec;
   return t;
 }
@@ -115,6 +162,7 @@ LossTerms TopKLoss(const ModelConfig& config, const ParameterSet& params,
                    Gradients* grads) {
   const Eigen::Index batch = ws.centered.rows();
   const int64_t k = config.k;
+  const int64_t d_h = config.d_hidden;
   const double inv_b = 1.0 / static_cast<double>(batch);
   LossTerms t;
   ws.pre.rowwise() = params.b_enc().transpose();
@@ -122,28 +170,50 @@ LossTerms TopKLoss(const ModelConfig& config, const ParameterSet& params,
        1.0f, ws.pre);
   ws.topk_indices.resize(static_cast<size_t>(batch * k));
   ws.topk_values.resize(static_cast<size_t>(batch * k));
-  SelectTopK(ws.pre, k, ws.topk_indices.data(), ws.topk_values.data());
+  ParallelFor(batch, 16, [&](int, int64_t r0, int64_t r1) {
+    SelectTopK(ws.pre.middleRows(r0, r1 - r0), k, ws.topk_indices.data() + r0 * k,
+               ws.topk_values.data() + r0 * k);
+  });
   const int32_t* idx = ws.topk_indices.data();
   const float* val = ws.topk_values.data();
 
-  auto w_dec = params.w_dec();
+  // Group the active (row, slot) pairs by unit: unit j's entries are
+  // by_unit[unit_start[j] .. unit_start[j+1]), each an index b * k + s.
+  ws.unit_start.assign(static_cast<size_t>(d_h) + 1, 0);
   int64_t active = 0;
   double l1_sum = 0;
-  std::fill(ws.unit_fired.begin(), ws.unit_fired.end(), 0);
-  ws.output.rowwise() = params.b_dec().transpose();
-  for (Eigen::Index b = 0; b < batch; ++b) {
-    auto out_row = ws.output.row(b);
-    for (int64_t s = 0; s < k; ++s) {
-      const float v = val[b * k + s];
-      if (v > 0.0f) {
-        const int32_t j = idx[b * k + s];
-        out_row += v * w_dec.row(j);
-        ws.unit_fired[j] = 1;
-        ++active;
-        l1_sum += v;
-      }
+  for (int64_t e = 0; e < batch * k; ++e) {
+    if (val[e] > 0.0f) {
+      ++ws.unit_start[idx[e] + 1];
+      ++active;
+      l1_sum += val[e];
     }
   }
+  for (int64_t j = 0; j < d_h; ++j) ws.unit_start[j + 1] += ws.unit_start[j];
+  ws.by_unit.resize(static_cast<size_t>(active));
+  {
+    std::vector<int64_t>& fill = ws.unit_fill;
+    fill.assign(ws.unit_start.begin(), ws.unit_start.end() - 1);
+    for (int64_t e = 0; e < batch * k; ++e) {
+      if (val[e] > 0.0f) ws.by_unit[fill[idx[e]]++] = static_cast<int32_t>(e);
+    }
+  }
+  for (int64_t j = 0; j < d_h; ++j) {
+    ws.unit_fired[j] = ws.unit_start[j + 1] > ws.unit_start[j];
+  }
+
+  // Sparse decode: each row sums its k active decoder rows.
+  auto w_dec = params.w_dec();
+  ws.output.rowwise() = params.b_dec().transpose();
+  ParallelFor(batch, 16, [&](int, int64_t r0, int64_t r1) {
+    for (Eigen::Index b = r0; b < r1; ++b) {
+      auto out_row = ws.output.row(b);
+      for (int64_t s = 0; s < k; ++s) {
+        const float v = val[b * k + s];
+        if (v > 0.0f) out_row += v * w_dec.row(idx[b * k + s]);
+      }
+    }
+  });
   t.mean_l0 = static_cast<double>(active) * inv_b;
   ResidualStats(target, ws.output, &t);
   t.reconstruction = t.squared_error_sum * inv_b;
@@ -151,38 +221,55 @@ LossTerms TopKLoss(const ModelConfig& config, const ParameterSet& params,
   t.total = t.reconstruction + t.sparsity;
   if (grads == nullptr) return t;
 
+  // Backward, one unit at a time: every gradient row is written once and
+  // only for units that fired (ReLU after TopK: others get no gradient).
   ParameterSet& g = grads->values;
   auto g_w_dec = g.w_dec();
   auto g_w_enc_t = g.w_enc_t();
   auto g_b_enc = g.b_enc();
-  std::vector<uint8_t>& touched = grads->unit_touched;
-  std::fill(touched.begin(), touched.end(), 0);
-  g_b_enc.setZero();
+  auto w_enc_t = params.w_enc_t();
   RowMatrix& d_out = ws.output;
   d_out *= static_cast<float>(2.0 * inv_b);
+  Vector d_b_dec(config.d_in);
+  ColumnSums(d_out, d_b_dec);
   const float l1 = static_cast<float>(config.l1_coefficient * inv_b);
-  for (Eigen::Index b = 0; b < batch; ++b) {
-    auto d_row = d_out.row(b);
-    auto x_row = ws.centered.row(b);
-    for (int64_t s = 0; s < k; ++s) {
-      const float v = val[b * k + s];
-      if (v <= 0.0f) continue;  // ReLU after TopK: no gradient
-      const int32_t j = idx[b * k + s];
-      if (!touched[j]) {
-        touched[j] = 1;
-        g_w_dec.row(j).setZero();
-        g_w_enc_t.row(j).setZero();
+  // Units split across threads; each chunk keeps its own b_dec partial,
+  // summed in chunk order so the result does not depend on timing.
+  std::vector<Vector> partial_b_dec(static_cast<size_t>(Parallelism()));
+  ParallelFor(d_h, 64, [&](int chunk, int64_t j0, int64_t j1) {
+    Vector& part = partial_b_dec[chunk];
+    part = Vector::Zero(config.d_in);
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t begin = ws.unit_start[j], end = ws.unit_start[j + 1];
+      grads->unit_touched[j] = begin < end;
+      if (begin == end) {
+        g_b_enc[j] = 0.0f;
+        continue;
       }
-      g_w_dec.row(j) += v * d_row;
-      const float d_f = d_row.dot(w_dec.row(j)) + l1;
-      g_b_enc[j] += d_f;
-      g_w_enc_t.row(j) += d_f * x_row;
+      auto gd = g_w_dec.row(j);
+      auto ge = g_w_enc_t.row(j);
+      const auto wd = w_dec.row(j);
+      float db = 0.0f;
+      for (int64_t e = begin; e < end; ++e) {
+        const int32_t entry = ws.by_unit[e];
+        const Eigen::Index b = entry / k;
+        const auto d_row = d_out.row(b);
+        const float d_f = d_row.dot(wd) + l1;
+        if (e == begin) {
+          gd = val[entry] * d_row;
+          ge = d_f * ws.centered.row(b);
+        } else {
+          gd += val[entry] * d_row;
+          ge += d_f * ws.centered.row(b);
+        }
+        db += d_f;
+      }
+      g_b_enc[j] = db;
+      part -= db * w_enc_t.row(j).transpose();
     }
-  }
-  Vector d_b_dec = d_out.colwise().sum().transpose();
-  auto w_enc_t = params.w_enc_t();
-  for (Eigen::Index j = 0; j < g_b_enc.size(); ++j) {
-    if (touched[j]) d_b_dec -= g_b_enc[j] * w_enc_t.row(j).transpose();
+  });
+  for (const Vector& part : partial_b_dec) {
+    if (part.size() == d_b_dec.size()) d_b_dec += part;
   }
   g.b_dec() = d_b_dec;
   return t;

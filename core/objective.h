@@ -53,6 +53,9 @@ struct ObjectiveWorkspace {
   std::vector<int32_t> topk_indices;
   std::vector<float> topk_values;
   std::vector<uint8_t> unit_fired;  // unit was active for some row
+  // TopK: active entries grouped by unit (counting sort), see TopKLoss.
+  std::vector<int64_t> unit_start, unit_fill;
+  std::vector<int32_t> by_unit;
 };
 
 // An activation counts as active when f > kActiveThreshold (sigmoid units

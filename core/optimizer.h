@@ -44,8 +44,13 @@ class Optimizer {
   // Applies one update to `params`. Weight rows that `grads` marks untouched
   // get a zero gradient (their moments still decay). weight_decay is applied
   // to the weight matrices only, decoupled from the gradient.
+  //
+  // With unit_norm_decoder, each decoder row's gradient first loses its
+  // component along the row (so the step moves along the unit sphere, as
+  // SAELens does) and the row is rescaled to norm 1 after the step. Doing it
+  // here, row by row, keeps the row in cache for all three passes.
   virtual void Step(const Gradients& grads, float weight_decay,
-                    ParameterSet* params) = 0;
+                    bool unit_norm_decoder, ParameterSet* params) = 0;
 
   int64_t steps_taken() const { return steps_taken_; }
   // The learning rate the next step will use (after warm-up scaling).

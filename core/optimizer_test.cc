@@ -21,7 +21,7 @@ TEST(OptimizerTest, AdamFirstStepIsLearningRateTimesSign) {
   o.learning_rate = 0.1f;
   auto opt = Optimizer::Create(o, p);
   ASSERT_TRUE(opt.ok());
-  (*opt)->Step(Grad(2.0f, -3.0f, 0.5f, -0.01f), 0.0f, &p);
+  (*opt)->Step(Grad(2.0f, -3.0f, 0.5f, -0.01f), 0.0f, false, &p);
   // With bias correction m_hat = g and v_hat = g^2, so the step is lr*sign(g).
   EXPECT_NEAR(p.flat()[0], 0.9, 1e-5);
   EXPECT_NEAR(p.flat()[1], 1.1, 1e-5);
@@ -36,8 +36,8 @@ TEST(OptimizerTest, AdamSecondStepMatchesPyTorchFormula) {
   o.learning_rate = 0.01f;
   auto opt = Optimizer::Create(o, p);
   ASSERT_TRUE(opt.ok());
-  (*opt)->Step(Grad(1, 1, 1, 1), 0.0f, &p);
-  (*opt)->Step(Grad(3, 3, 3, 3), 0.0f, &p);
+  (*opt)->Step(Grad(1, 1, 1, 1), 0.0f, false, &p);
+  (*opt)->Step(Grad(3, 3, 3, 3), 0.0f, false, &p);
   // Independent computation of torch.optim.Adam's two steps for g = 1, 3.
   const double b1 = 0.9, b2 = 0.999, lr = 0.01, eps = 1e-8;
   double w = 0, m = 0, v = 0;
@@ -61,7 +61,7 @@ TEST(OptimizerTest, WeightDecayIsDecoupledAndSkipsBiases) {
   o.momentum = 0.0f;
   auto opt = Optimizer::Create(o, p);
   ASSERT_TRUE(opt.ok());
-  (*opt)->Step(Grad(0, 0, 0, 0), 0.5f, &p);
+  (*opt)->Step(Grad(0, 0, 0, 0), 0.5f, false, &p);
   EXPECT_NEAR(p.flat()[0], 2 * (1 - 0.1 * 0.5), 1e-6);
   EXPECT_NEAR(p.flat()[1], 2 * (1 - 0.1 * 0.5), 1e-6);
   EXPECT_EQ(p.flat()[2], 2.0f);
@@ -77,8 +77,8 @@ TEST(OptimizerTest, SgdMomentumAccumulates) {
   o.momentum = 0.5f;
   auto opt = Optimizer::Create(o, p);
   ASSERT_TRUE(opt.ok());
-  (*opt)->Step(Grad(1, 1, 1, 1), 0.0f, &p);  // u = 1, w = -0.1
-  (*opt)->Step(Grad(1, 1, 1, 1), 0.0f, &p);  // u = 1.5, w = -0.25
+  (*opt)->Step(Grad(1, 1, 1, 1), 0.0f, false, &p);  // u = 1, w = -0.1
+  (*opt)->Step(Grad(1, 1, 1, 1), 0.0f, false, &p);  // u = 1.5, w = -0.25
   EXPECT_NEAR(p.flat()[2], -0.25, 1e-6);
 }
 
@@ -91,7 +91,7 @@ TEST(OptimizerTest, WarmupRampsTheLearningRate) {
   ASSERT_TRUE(opt.ok());
   for (float want : {0.25f, 0.5f, 0.75f, 1.0f, 1.0f}) {
     EXPECT_FLOAT_EQ((*opt)->CurrentLearningRate(), want);
-    (*opt)->Step(Grad(0, 0, 0, 0), 0.0f, &p);
+    (*opt)->Step(Grad(0, 0, 0, 0), 0.0f, false, &p);
   }
 }
 
@@ -104,12 +104,38 @@ TEST(OptimizerTest, UntouchedRowsGetZeroGradientButMomentumStillMoves) {
   o.momentum = 0.5f;
   auto opt = Optimizer::Create(o, p);
   ASSERT_TRUE(opt.ok());
-  (*opt)->Step(Grad(1, 1, 0, 0), 0.0f, &p);
+  (*opt)->Step(Grad(1, 1, 0, 0), 0.0f, false, &p);
   Gradients stale = Grad(100, 100, 0, 0);  // stale rows must not be read
   stale.unit_touched[0] = 0;
-  (*opt)->Step(stale, 0.0f, &p);
+  (*opt)->Step(stale, 0.0f, false, &p);
   EXPECT_NEAR(p.flat()[0], -1.5, 1e-6);
   EXPECT_NEAR(p.flat()[1], -1.5, 1e-6);
+}
+
+TEST(OptimizerTest, UnitNormDecoderStaysOnTheSphere) {
+  // d_in = 2, d_hidden = 1: flat = [w_enc_t(2), w_dec(2), b_enc, b_dec(2)].
+  ParameterSet p(2, 1);
+  p.flat() << 0.3f, 0.4f, 0.6f, 0.8f, 0, 0, 0;
+  OptimizerOptions o;
+  o.kind = OptimizerKind::kSgd;
+  o.learning_rate = 0.1f;
+  o.momentum = 0.0f;
+  auto opt = Optimizer::Create(o, p);
+  ASSERT_TRUE(opt.ok());
+  // A gradient along the decoder row is projected away entirely.
+  Gradients along(2, 1);
+  along.values.flat() << 0, 0, 0.6f, 0.8f, 0, 0, 0;
+  (*opt)->Step(along, 0.0f, true, &p);
+  EXPECT_NEAR(p.w_dec()(0, 0), 0.6f, 1e-6);
+  EXPECT_NEAR(p.w_dec()(0, 1), 0.8f, 1e-6);
+  // An orthogonal one moves the row, which is then renormalised.
+  Gradients across(2, 1);
+  across.values.flat() << 0, 0, -0.8f, 0.6f, 0, 0, 0;
+  (*opt)->Step(across, 0.0f, true, &p);
+  EXPECT_NEAR(p.w_dec().row(0).norm(), 1.0f, 1e-6);
+  EXPECT_GT(p.w_dec()(0, 0), 0.6f);
+  // The encoder row is not constrained.
+  EXPECT_NEAR(p.w_enc_t().row(0).norm(), 0.5f, 1e-6);
 }
 
 TEST(OptimizerTest, RejectsBadOptions) {

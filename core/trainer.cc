@@ -45,25 +45,6 @@ absl::Status CheckData(const ModelConfig& config, ConstMatrixRef data) {
   return absl::OkStatus();
 }
 
-// Removes from each touched decoder-row gradient its component along the
-// row, so that a unit-norm row moves along its sphere (as SAELens does).
-void ProjectDecoderGradient(const ParameterSet& params, Gradients* grads) {
-  auto w = params.w_dec();
-  auto g = grads->values.w_dec();
-  for (Eigen::Index j = 0; j < w.rows(); ++j) {
-    if (!grads->unit_touched[j]) continue;
-    g.row(j) -= g.row(j).dot(w.row(j)) * w.row(j);
-  }
-}
-
-void NormalizeDecoderRows(ParameterSet* params) {
-  auto w = params->w_dec();
-  for (Eigen::Index j = 0; j < w.rows(); ++j) {
-    const float norm = w.row(j).norm();
-    if (norm > 0) w.row(j) /= norm;
-  }
-}
-
 // Gathers rows `ids` of `data`, times `scale`, into `out`.
 void GatherRows(ConstMatrixRef data, const int64_t* ids, int64_t n,
                 float scale, RowMatrix* out) {
@@ -223,9 +204,8 @@ absl::StatusOr<TrainingResult> Train(const ModelConfig& config_in,
             "training diverged at step ", step,
             " (loss is not finite); lower optimizer.learning_rate"));
       }
-      if (config.unit_norm_decoder) ProjectDecoderGradient(params, &grads);
-      (*optimizer)->Step(grads, config.weight_decay, &params);
-      if (config.unit_norm_decoder) NormalizeDecoderRows(&params);
+      (*optimizer)->Step(grads, config.weight_decay, config.unit_norm_decoder,
+                         &params);
 
       rows_seen += n;
       for (size_t j = 0; j < last_fired.size(); ++j) {

@@ -1,0 +1,118 @@
+// Micro-benchmarks (Google Benchmark) of the kernels one training step is
+// made of, at the service's reference shape 784 -> 4096, batch 256:
+// each of the five GEMMs, the TopK selection and the optimizer update.
+//
+//   build/bin/sae_kernels_bench [--benchmark_filter=Gemm]
+#include <cstdlib>
+#include <random>
+
+#include "benchmark/benchmark.h"
+#include "core/activations.h"
+#include "core/blas.h"
+#include "core/objective.h"
+#include "core/optimizer.h"
+#include "core/parameters.h"
+
+namespace sae {
+namespace {
+
+constexpr int64_t kBatch = 256, kIn = 784, kHidden = 4096;
+
+RowMatrix Random(int64_t rows, int64_t cols) {
+  std::mt19937_64 rng(rows * 31 + cols);
+  std::normal_distribution<float> n;
+  RowMatrix m(rows, cols);
+  for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = n(rng);
+  return m;
+}
+
+// op(A) [m x k] * op(B) [k x n] with the transposes of one training GEMM.
+void BM_Gemm(benchmark::State& state, Transpose ta, Transpose tb, int64_t m,
+             int64_t n, int64_t k) {
+  const RowMatrix a = ta == Transpose::kNo ? Random(m, k) : Random(k, m);
+  const RowMatrix b = tb == Transpose::kNo ? Random(k, n) : Random(n, k);
+  RowMatrix c(m, n);
+  for (auto _ : state) {
+    Gemm(ta, tb, 1.0f, a, b, 0.0f, c);
+    benchmark::DoNotOptimize(c.data());
+  }
+  state.counters["GFLOPS"] = benchmark::Counter(
+      2.0 * m * n * k, benchmark::Counter::kIsIterationInvariantRate,
+      benchmark::Counter::kIs1000);
+}
+BENCHMARK_CAPTURE(BM_Gemm, encode_X_WencT, Transpose::kNo, Transpose::kYes, kBatch, kHidden, kIn)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Gemm, decode_F_Wdec, Transpose::kNo, Transpose::kNo, kBatch, kIn, kHidden)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Gemm, grad_Wdec_FT_D, Transpose::kYes, Transpose::kNo, kHidden, kIn, kBatch)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Gemm, grad_F_D_WdecT, Transpose::kNo, Transpose::kYes, kBatch, kHidden, kIn)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Gemm, grad_Wenc_PT_X, Transpose::kYes, Transpose::kNo, kHidden, kIn, kBatch)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Gemm, square_2048, Transpose::kNo, Transpose::kNo, 2048, 2048, 2048)->UseRealTime();
+
+void BM_SelectTopK(benchmark::State& state) {
+  const RowMatrix pre = Random(kBatch, kHidden);
+  std::vector<int32_t> idx(kBatch * 32);
+  std::vector<float> val(kBatch * 32);
+  for (auto _ : state) {
+    SelectTopK(pre, 32, idx.data(), val.data());
+    benchmark::DoNotOptimize(idx.data());
+  }
+}
+BENCHMARK(BM_SelectTopK)->UseRealTime();
+
+void BM_AdamStep(benchmark::State& state) {
+  ParameterSet p(kIn, kHidden);
+  Gradients g(kIn, kHidden);
+  g.values.flat().setConstant(0.01f);
+  auto opt = Optimizer::Create(OptimizerOptions{}, p);
+  for (auto _ : state) (*opt)->Step(g, 0.0f, false, &p);
+  state.SetBytesProcessed(state.iterations() * p.flat().size() * 4 * 7);
+}
+BENCHMARK(BM_AdamStep)->UseRealTime();
+
+void BM_TrainingLoss(benchmark::State& state, Activation activation) {
+  ModelConfig c = DefaultConfig(kIn, kHidden, activation);
+  ParameterSet p = ParameterSet::FromWeights(InitialWeights(c, 1));
+  const RowMatrix x = Random(kBatch, kIn);
+  ObjectiveWorkspace ws;
+  Gradients g(kIn, kHidden);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(ComputeLoss(c, p, x, x, &ws, &g).total);
+  }
+}
+BENCHMARK_CAPTURE(BM_TrainingLoss, relu, Activation::kRelu)->UseRealTime();
+BENCHMARK_CAPTURE(BM_TrainingLoss, topk, Activation::kTopK)->UseRealTime();
+
+}  // namespace
+}  // namespace sae
+
+
+namespace sae {
+namespace {
+// The five GEMMs of a ReLU training step back to back, as the trainer and
+// sae_bench run them.
+void BM_FiveTrainingGemms(benchmark::State& state) {
+  const RowMatrix x = Random(kBatch, kIn);
+  const RowMatrix w = Random(kHidden, kIn);
+  RowMatrix pre(kBatch, kHidden), out(kBatch, kIn), gw(kHidden, kIn);
+  for (auto _ : state) {
+    Gemm(Transpose::kNo, Transpose::kYes, 1, x, w, 0, pre);
+    Gemm(Transpose::kNo, Transpose::kNo, 1, pre, w, 0, out);
+    Gemm(Transpose::kYes, Transpose::kNo, 1, pre, out, 0, gw);
+    Gemm(Transpose::kNo, Transpose::kYes, 1, out, w, 0, pre);
+    Gemm(Transpose::kYes, Transpose::kNo, 1, pre, x, 0, gw);
+  }
+  state.counters["GFLOPS"] = benchmark::Counter(
+      5 * 2.0 * kBatch * kIn * kHidden, benchmark::Counter::kIsIterationInvariantRate,
+      benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_FiveTrainingGemms)->UseRealTime();
+}  // namespace
+}  // namespace sae
+
+int main(int argc, char** argv) {
+  // SAE_THREADS=N runs the kernels with N threads (default: one per core).
+  if (const char* t = std::getenv("SAE_THREADS")) sae::SetBlasThreads(std::atoi(t));
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,29 @@
+// A small fork-join helper for the element-wise and sparse parts of a
+// training step (the GEMMs are threaded by OpenBLAS itself).
+//
+// ParallelFor splits [0, n) into `Parallelism()` contiguous chunks, runs
+// chunk 0 on the calling thread and the others on a process-wide pool, and
+// returns when all are done. The split depends only on n and the thread
+// count, so code that gives each chunk its own output (and combines partial
+// results in chunk order) is deterministic.
+#ifndef SAE_CORE_PARALLEL_H_
+#define SAE_CORE_PARALLEL_H_
+
+#include <cstdint>
+#include <functional>
+
+namespace sae {
+
+// Threads ParallelFor uses: the BLAS thread count (SetBlasThreads).
+int Parallelism();
+
+// Calls fn(chunk, begin, end) for each chunk of [0, n); chunks below
+// `min_per_chunk` items are merged so small loops stay on one thread.
+// Thread-safe: while one call holds the pool, other calls (from other
+// threads, or nested) run their chunks serially on their own thread.
+void ParallelFor(int64_t n, int64_t min_per_chunk,
+                 const std::function<void(int chunk, int64_t begin, int64_t end)>& fn);
+
+}  // namespace sae
+
+#endif  // SAE_CORE_PARALLEL_H_
