@@ -50,7 +50,10 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(
         CheckShape("W_dec", weights.w_dec.rows(), weights.w_dec.cols(), d_h, d_in),
         CheckShape("b_dec", weights.b_dec.size(), 1, d_in, 1),
         CheckFinite("W_enc", weights.w_enc), CheckFinite("b_enc", weights.b_enc),
-        CheckFinite("W_dec", weights.w_dec), CheckFinite("b_dec", weights.b_dec)}) {
+        CheckFinite("W_dec", weights.w_dec), CheckFinite("b_dec", weights.b_dec),
+        CheckFinite("threshold", weights.threshold),
+        CheckShape("threshold", weights.threshold.size(), 1,
+                   config.activation == Activation::kJumpRelu ? d_h : 0, 1)}) {
     if (!s.ok()) return s;
   }
   return std::shared_ptr<const Model>(
@@ -75,6 +78,30 @@ void Model::PreActivations(ConstMatrixRef x, MatrixRef pre) const {
        pre);
 }
 
+void Model::ApplyDenseActivation(MatrixRef pre) const {
+  switch (config_.activation) {
+    case Activation::kRelu:
+      ReluInPlace(pre);
+      break;
+    case Activation::kSigmoid:
+      SigmoidInPlace(pre);
+      break;
+    case Activation::kTopK:
+      TopKInPlace(pre, config_.k);
+      break;
+    case Activation::kJumpRelu: {
+      const float* thr = weights_.threshold.data();
+      for (Eigen::Index r = 0; r < pre.rows(); ++r) {
+        float* row = pre.row(r).data();
+        for (Eigen::Index j = 0; j < pre.cols(); ++j) {
+          row[j] = (row[j] > thr[j] && row[j] > 0.0f) ? row[j] : 0.0f;
+        }
+      }
+      break;
+    }
+  }
+}
+
 absl::Status Model::Encode(ConstMatrixRef x, MatrixRef codes) const {
   if (absl::Status s = CheckInput(x, d_in(), "input"); !s.ok()) return s;
   if (codes.rows() != x.rows() || codes.cols() != d_hidden()) {
@@ -87,17 +114,7 @@ absl::Status Model::Encode(ConstMatrixRef x, MatrixRef codes) const {
     const Eigen::Index n = std::min(kChunkRows, x.rows() - r0);
     auto pre = codes.middleRows(r0, n);
     PreActivations(x.middleRows(r0, n), pre);
-    switch (config_.activation) {
-      case Activation::kRelu:
-        ReluInPlace(pre);
-        break;
-      case Activation::kSigmoid:
-        SigmoidInPlace(pre);
-        break;
-      case Activation::kTopK:
-        TopKInPlace(pre, config_.k);
-        break;
-    }
+    ApplyDenseActivation(pre);
   }
   return absl::OkStatus();
 }
@@ -191,11 +208,7 @@ absl::Status Model::Reconstruct(ConstMatrixRef x, MatrixRef out) const {
         }
       }
     } else {
-      if (config_.activation == Activation::kRelu) {
-        ReluInPlace(p);
-      } else {
-        SigmoidInPlace(p);
-      }
+      ApplyDenseActivation(p);
       Gemm(Transpose::kNo, Transpose::kNo, 1.0f, p, weights_.w_dec, 1.0f, o);
     }
     if (config_.input_scale != 1.0f) o /= config_.input_scale;

@@ -28,6 +28,7 @@ struct ModelWeights {
   Vector b_enc;     // [d_hidden]
   RowMatrix w_dec;  // [d_hidden, d_in]
   Vector b_dec;     // [d_in]
+  Vector threshold;  // [d_hidden] for JumpReLU, empty otherwise
 };
 
 // Sparse codes in compressed-row form: row r's active units are
@@ -83,6 +84,8 @@ class Model {
                           const char* what) const;
   // Pre-activations W_enc^T (s x - b_dec) + b_enc into `pre`.
   void PreActivations(ConstMatrixRef x, MatrixRef pre) const;
+  // Turns pre-activations into codes in place.
+  void ApplyDenseActivation(MatrixRef pre) const;
 
   const ModelConfig config_;
   const ModelWeights weights_;

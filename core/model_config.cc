@@ -26,6 +26,8 @@ absl::string_view ActivationName(Activation activation) {
       return "topk";
     case Activation::kSigmoid:
       return "sigmoid";
+    case Activation::kJumpRelu:
+      return "jumprelu";
   }
   return "unknown";
 }
@@ -35,8 +37,9 @@ absl::StatusOr<Activation> ParseActivation(absl::string_view name) {
   if (lower == "relu") return Activation::kRelu;
   if (lower == "topk") return Activation::kTopK;
   if (lower == "sigmoid") return Activation::kSigmoid;
+  if (lower == "jumprelu") return Activation::kJumpRelu;
   return absl::InvalidArgumentError(absl::StrCat(
-      "unknown activation '", name, "'; expected relu, topk or sigmoid"));
+      "unknown activation '", name, "'; expected relu, topk, sigmoid or jumprelu"));
 }
 
 absl::Status ModelConfig::Validate() const {

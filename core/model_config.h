@@ -17,6 +17,9 @@ enum class Activation {
   kRelu,     // f = max(0, W_enc^T (x - b_dec) + b_enc); sparsity from L1.
   kTopK,     // keep the k largest pre-activations (after ReLU), zero the rest.
   kSigmoid,  // f = sigmoid(...); sparsity from a KL penalty toward rho.
+  // f = pre where pre > threshold_j (and > 0), else 0: per-unit thresholds
+  // (Rajamanoharan et al. 2024). Imported from SAELens; not trainable here.
+  kJumpRelu,
 };
 
 absl::string_view ActivationName(Activation activation);

@@ -278,6 +278,7 @@ LossTerms TopKLoss(const ModelConfig& config, const ParameterSet& params,
 }  // namespace
 
 float ActiveThreshold(Activation activation) {
+  // Sigmoid units are never exactly zero: those above one half count.
   return activation == Activation::kSigmoid ? 0.5f : 0.0f;
 }
 

@@ -84,6 +84,11 @@ absl::StatusOr<TrainingResult> Train(const ModelConfig& config_in,
                                      ConstMatrixRef data,
                                      const TrainingHooks& hooks) {
   if (absl::Status s = config_in.Validate(); !s.ok()) return s;
+  if (config_in.activation == Activation::kJumpRelu) {
+    return absl::InvalidArgumentError(
+        "config.activation: JumpReLU models can be imported and served but not "
+        "trained here; train relu, topk or sigmoid");
+  }
   if (absl::Status s = options.Validate(); !s.ok()) return s;
   if (absl::Status s = CheckData(config_in, data); !s.ok()) return s;
   ModelConfig config = config_in;

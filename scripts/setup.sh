@@ -13,7 +13,7 @@ BUILD_DIR="${SAE_BUILD_DIR:-$ROOT/build}"
 
 PACKAGES=(
   build-essential cmake pkg-config git
-  libeigen3-dev libopenblas-dev libabsl-dev nlohmann-json3-dev
+  libeigen3-dev libopenblas-dev libabsl-dev nlohmann-json3-dev libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev
 )
 

@@ -1,0 +1,66 @@
+// Durable file-system primitives for the model store: whole-file writes that
+// are fsynced before they return, directory fsync, recursive removal, and
+// advisory locks. Every function reports errors as Status (NOT_FOUND,
+// PERMISSION_DENIED, RESOURCE_EXHAUSTED for a full disk, INTERNAL for other
+// I/O errors) with the path and errno text.
+#ifndef SAE_CORE_FILE_UTIL_H_
+#define SAE_CORE_FILE_UTIL_H_
+
+#include <cstddef>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace sae {
+
+// Creates `path` (which must not exist), writes the pieces in order, fsyncs
+// and closes it. On failure the partial file is removed.
+absl::Status WriteFileDurably(const std::string& path,
+                              const std::vector<absl::string_view>& pieces);
+
+// Writes `path` atomically: to a sibling temporary, fsync, rename over
+// `path`, fsync the parent folder. Readers see the old or the new content.
+absl::Status ReplaceFileAtomically(const std::string& path, absl::string_view content);
+
+absl::StatusOr<std::string> ReadSmallFile(const std::string& path, size_t max_bytes);
+
+absl::Status FsyncDirectory(const std::string& path);
+// mkdir; OK when the folder already exists.
+absl::Status MakeDirectory(const std::string& path);
+// Removes a file or a folder and everything below it (no symlink is
+// followed). OK when `path` does not exist.
+absl::Status RemoveTree(const std::string& path);
+// Names in a folder (without "." and "..").
+absl::StatusOr<std::vector<std::string>> ListDirectory(const std::string& path);
+bool PathExists(const std::string& path);
+
+// An exclusive flock(2) on a lock file, released on destruction.
+class FileLock {
+ public:
+  // Blocks until the lock is held. Creates the lock file if needed.
+  static absl::StatusOr<FileLock> Acquire(const std::string& path);
+  // Returns UNAVAILABLE at once when another process holds it.
+  static absl::StatusOr<FileLock> TryAcquire(const std::string& path);
+  FileLock(FileLock&& other) noexcept;
+  FileLock& operator=(FileLock&& other) noexcept;
+  ~FileLock();
+
+ private:
+  explicit FileLock(int fd) : fd_(fd) {}
+  int fd_ = -1;
+};
+
+// Test hook: when set, called before every write of WriteFileDurably and
+// ReplaceFileAtomically with the file's path; a non-OK result is returned as
+// that write's error (as if the disk were full). Not thread-safe to change
+// while writes run; tests set it and clear it with nullptr.
+using WriteFaultHook = std::function<absl::Status(const std::string& path)>;
+void SetWriteFaultHookForTesting(WriteFaultHook hook);
+
+}  // namespace sae
+
+#endif  // SAE_CORE_FILE_UTIL_H_

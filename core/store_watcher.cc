@@ -1,0 +1,50 @@
+#include "core/store_watcher.h"
+
+#include <utility>
+
+#include "absl/time/time.h"
+
+namespace sae {
+
+StoreWatcher::StoreWatcher(const ModelStore* store, std::chrono::milliseconds interval,
+                           Callback callback)
+    : store_(store), interval_(interval), callback_(std::move(callback)) {
+  {
+    absl::MutexLock lock(&poll_mu_);
+    absl::StatusOr<StoreSnapshot> first = store_->Snapshot();
+    if (first.ok()) last_ = std::move(*first);
+  }
+  thread_ = std::thread([this] { Run(); });
+}
+
+StoreWatcher::~StoreWatcher() {
+  {
+    absl::MutexLock lock(&stop_mu_);
+    stop_ = true;
+  }
+  thread_.join();
+}
+
+void StoreWatcher::PollNow() {
+  absl::MutexLock lock(&poll_mu_);
+  absl::StatusOr<StoreSnapshot> now = store_->Snapshot();
+  if (!now.ok()) return;  // a transient listing error: try again next time
+  std::vector<StoreChange> changes = DiffSnapshots(last_, *now);
+  last_ = std::move(*now);
+  if (!changes.empty()) callback_(changes);
+}
+
+void StoreWatcher::Run() {
+  while (true) {
+    {
+      absl::MutexLock lock(&stop_mu_);
+      const auto stopped = [this]() ABSL_SHARED_LOCKS_REQUIRED(stop_mu_) { return stop_; };
+      stop_mu_.AwaitWithTimeout(absl::Condition(&stopped),
+                                absl::Milliseconds(interval_.count()));
+      if (stop_) return;
+    }
+    PollNow();
+  }
+}
+
+}  // namespace sae
