@@ -7,6 +7,10 @@
 // The bound for training is five GEMMs per step (encoder forward, decoder
 // forward, decoder weight gradient, code gradient, encoder weight gradient)
 // at the sgemm rate measured on exactly those shapes in this run.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <map>
@@ -23,6 +27,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "core/blas.h"
+#include "core/file_util.h"
+#include "core/model_io.h"
 #include "core/model.h"
 #include "core/trainer.h"
 
@@ -155,6 +161,58 @@ std::map<std::string, double> RunPeer(const std::string& script, int64_t d_in,
   return out;
 }
 
+double Median(std::vector<double> v);
+
+// Seconds to read the whole file into a fresh buffer with one read(2).
+double TimeRead(const std::string& path) {
+  const auto start = Clock::now();
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  struct stat st;
+  ::fstat(fd, &st);
+  std::unique_ptr<char[]> buf(new char[st.st_size]);
+  size_t done = 0;
+  while (done < static_cast<size_t>(st.st_size)) {
+    const ssize_t n = ::read(fd, buf.get() + done, st.st_size - done);
+    if (n <= 0) break;
+    done += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  return Seconds(start, Clock::now());
+}
+
+// load_vs_read: LoadModelFolder (parse, checks, checksums, matrices) against
+// reading the weights file's bytes, both from the page cache.
+double MeasureLoadVsRead(int64_t d_in, int64_t d_hidden, int repeats) {
+  const std::string dir = absl::StrCat("/tmp/sae_bench_model_", ::getpid());
+  RemoveTree(dir).IgnoreError();
+  MakeDirectory(dir).IgnoreError();
+  ModelConfig config = DefaultConfig(d_in, d_hidden, Activation::kRelu);
+  absl::StatusOr<std::shared_ptr<const Model>> model =
+      Model::Create(config, InitialWeights(config, 1));
+  if (!model.ok() || !SaveModelFolder(**model, {}, dir).ok()) {
+    std::fprintf(stderr, "cannot write the model for load_vs_read\n");
+    std::exit(1);
+  }
+  const std::string weights = dir + "/" + kWeightsFileName;
+  std::vector<double> read_s, load_s;
+  TimeRead(weights);  // warm the page cache
+  for (int i = 0; i < repeats; ++i) {
+    read_s.push_back(TimeRead(weights));
+    const auto start = Clock::now();
+    absl::StatusOr<LoadedModel> loaded = LoadModelFolder(dir);
+    load_s.push_back(Seconds(start, Clock::now()));
+    if (!loaded.ok()) {
+      std::fprintf(stderr, "load failed: %s\n", loaded.status().ToString().c_str());
+      std::exit(1);
+    }
+  }
+  RemoveTree(dir).IgnoreError();
+  std::printf("model file %lld x %lld (%.1f MB): read %.1f ms, load %.1f ms (medians of %d)\n",
+              (long long)d_in, (long long)d_hidden, 8.0 * d_in * d_hidden / 1e6,
+              1e3 * Median(read_s), 1e3 * Median(load_s), repeats);
+  return Median(load_s) / Median(read_s);
+}
+
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
@@ -224,6 +282,9 @@ int Main() {
   std::printf("train_vs_gemm_bound=%.3f\n", Median(train_ratio));
   std::printf("encode_vs_gemm_bound=%.3f\n", Median(encode_ratio));
   std::printf("topk_vs_relu_train=%.3f\n", Median(topk_ratio));
+  const double load_vs_read =
+      quick ? MeasureLoadVsRead(784, 1024, 3) : MeasureLoadVsRead(784, 16384, 7);
+  std::printf("load_vs_read=%.3f\n", load_vs_read);
 
   const std::string peer = absl::GetFlag(FLAGS_peer);
   if (!peer.empty()) {

@@ -6,6 +6,7 @@
 #   scripts/setup.sh            install + build (Release)
 #   SAE_SKIP_INSTALL=1 scripts/setup.sh    build only
 #   SAE_BUILD_DIR=out scripts/setup.sh     another build folder
+#   SAE_SKIP_BUILD=1 scripts/setup.sh      install only
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,5 +33,6 @@ if [[ "${SAE_SKIP_INSTALL:-0}" != 1 && ${#missing[@]} -gt 0 ]]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+if [[ "${SAE_SKIP_BUILD:-0}" == 1 ]]; then exit 0; fi
 cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="${SAE_BUILD_TYPE:-Release}" ${SAE_CMAKE_ARGS:-}
 cmake --build "$BUILD_DIR" -j"${SAE_JOBS:-2}"
