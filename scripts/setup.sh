@@ -16,6 +16,7 @@ PACKAGES=(
   build-essential cmake pkg-config git
   libeigen3-dev libopenblas-dev libabsl-dev nlohmann-json3-dev libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
 )
 
 missing=()

@@ -1,0 +1,139 @@
+#include "server/model_registry.h"
+
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "server/log.h"
+
+namespace sae::server {
+
+ModelRegistry::ModelRegistry(ModelStore* store, std::chrono::milliseconds reload_interval)
+    : store_(store) {
+  if (reload_interval.count() > 0) {
+    watcher_ = std::make_unique<StoreWatcher>(
+        store_, reload_interval,
+        [this](const std::vector<StoreChange>& changes) { OnChanges(changes); });
+  }
+}
+
+ModelRegistry::~ModelRegistry() { watcher_.reset(); }
+
+int64_t ModelRegistry::reload_failures() const {
+  absl::MutexLock lock(&mu_);
+  return reload_failures_;
+}
+
+int64_t ModelRegistry::loads() const {
+  absl::MutexLock lock(&mu_);
+  return loads_;
+}
+
+absl::StatusOr<std::shared_ptr<const Model>> ModelRegistry::LoadVersion(const std::string& name,
+                                                                        int64_t version) {
+  const auto key = std::make_pair(name, version);
+  {
+    absl::MutexLock lock(&mu_);
+    if (auto it = cache_.find(key); it != cache_.end()) return it->second;
+    // Versions never change once published: a corrupt one stays refused.
+    if (bad_versions_.count(key)) {
+      return absl::DataLossError(absl::StrCat("model '", name, "' version ", version,
+                                              " is corrupt and was refused"));
+    }
+  }
+  // Load outside the lock: other requests keep being served meanwhile. Two
+  // threads may load the same version at once; the first to finish wins.
+  absl::StatusOr<LoadedModel> loaded = store_->Load(ModelRef::Version(name, version));
+  absl::MutexLock lock(&mu_);
+  if (!loaded.ok()) {
+    if (absl::IsDataLoss(loaded.status()) && bad_versions_.insert(key).second) {
+      ++reload_failures_;
+      LogLine("model", absl::StrCat("refused ", name, "@", version, ": ",
+                                    loaded.status().message()));
+    }
+    return loaded.status();
+  }
+  ++loads_;
+  auto [it, inserted] = cache_.emplace(key, loaded->model);
+  if (inserted) LogLine("model", absl::StrCat("loaded ", name, "@", version));
+  return it->second;
+}
+
+absl::StatusOr<ServedModel> ModelRegistry::Get(const ModelRef& ref) {
+  absl::StatusOr<int64_t> resolved = store_->Resolve(ref);
+  if (!resolved.ok()) return resolved.status();
+  int64_t version = *resolved;
+  absl::StatusOr<std::shared_ptr<const Model>> model = LoadVersion(ref.name, version);
+  if (model.ok()) {
+    absl::MutexLock lock(&mu_);
+    ModelEntry& e = entries_[ref.name];
+    if (ref.version == 0 && ref.label.empty()) e.latest_good = std::max(e.latest_good, version);
+    if (!ref.label.empty()) e.label_good[ref.label] = version;
+    return ServedModel{*model, version};
+  }
+  if (!absl::IsDataLoss(model.status()) || ref.version > 0) return model.status();
+  // The latest version or the label's target is corrupt: keep serving the
+  // last good one.
+  int64_t fallback = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    const ModelEntry& e = entries_[ref.name];
+    if (ref.label.empty()) {
+      fallback = e.latest_good;
+    } else if (auto it = e.label_good.find(ref.label); it != e.label_good.end()) {
+      fallback = it->second;
+    }
+  }
+  if (fallback == 0 || fallback == version) return model.status();
+  absl::StatusOr<std::shared_ptr<const Model>> previous = LoadVersion(ref.name, fallback);
+  if (!previous.ok()) return model.status();
+  return ServedModel{*previous, fallback};
+}
+
+void ModelRegistry::Evict(const std::string& name, int64_t version) {
+  absl::MutexLock lock(&mu_);
+  cache_.erase({name, version});
+  bad_versions_.erase({name, version});
+}
+
+void ModelRegistry::OnChanges(const std::vector<StoreChange>& changes) {
+  for (const StoreChange& c : changes) {
+    switch (c.kind) {
+      case StoreChange::Kind::kVersionAdded: {
+        // Load (and verify) it now, so the first request does not wait and a
+        // corrupt version is reported as soon as it appears.
+        absl::StatusOr<std::shared_ptr<const Model>> m = LoadVersion(c.model, c.version);
+        if (m.ok()) {
+          absl::MutexLock lock(&mu_);
+          ModelEntry& e = entries_[c.model];
+          e.latest_good = std::max(e.latest_good, c.version);
+        }
+        break;
+      }
+      case StoreChange::Kind::kVersionRemoved:
+        Evict(c.model, c.version);
+        LogLine("model", absl::StrCat("removed ", c.model, "@", c.version));
+        break;
+      case StoreChange::Kind::kLabelSet: {
+        absl::StatusOr<std::shared_ptr<const Model>> m = LoadVersion(c.model, c.version);
+        if (m.ok()) {
+          absl::MutexLock lock(&mu_);
+          entries_[c.model].label_good[c.label] = c.version;
+        }
+        LogLine("model", absl::StrCat("label ", c.model, ":", c.label, " -> ", c.version,
+                                      m.ok() ? "" : " (refused: version does not load)"));
+        break;
+      }
+      case StoreChange::Kind::kLabelRemoved: {
+        absl::MutexLock lock(&mu_);
+        entries_[c.model].label_good.erase(c.label);
+        break;
+      }
+    }
+  }
+}
+
+void ModelRegistry::Refresh() {
+  if (watcher_) watcher_->PollNow();
+}
+
+}  // namespace sae::server

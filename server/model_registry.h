@@ -1,0 +1,79 @@
+// The models the server serves: loaded on first use, shared as
+// shared_ptr<const Model>, and kept current as the store changes (hot
+// reload). Knows nothing of gRPC.
+//
+// Hot reload: a StoreWatcher polls the store (this process's and other
+// replicas' publishes alike). A new version is loaded and verified before it
+// becomes "latest"; a version that fails to load (a corrupt file) is refused,
+// logged, and the previous one keeps serving. Labels follow the store, with
+// the same fallback to the label's last good target.
+//
+// Thread-safe. Lookups take a mutex briefly; model loading and all compute
+// happen outside it.
+#ifndef SAE_SERVER_MODEL_REGISTRY_H_
+#define SAE_SERVER_MODEL_REGISTRY_H_
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "core/model_store.h"
+#include "core/store_watcher.h"
+
+namespace sae::server {
+
+struct ServedModel {
+  std::shared_ptr<const Model> model;
+  int64_t version = 0;
+};
+
+class ModelRegistry {
+ public:
+  // `store` must outlive the registry. reload_interval 0 disables polling.
+  ModelRegistry(ModelStore* store, std::chrono::milliseconds reload_interval);
+  ~ModelRegistry();
+
+  // The model `ref` names. NOT_FOUND for unknown models, versions, labels;
+  // DATA_LOSS when the requested version is corrupt and nothing else can
+  // stand in for it.
+  absl::StatusOr<ServedModel> Get(const ModelRef& ref);
+
+  // Applies store changes at once (the watcher calls this; tests too).
+  void Refresh();
+
+  // Counters for logs and metrics.
+  int64_t reload_failures() const;
+  int64_t loads() const;
+
+ private:
+  struct ModelEntry {
+    int64_t latest_good = 0;                      // newest version that loaded
+    std::map<std::string, int64_t> label_good;    // label -> last good target
+  };
+
+  absl::StatusOr<std::shared_ptr<const Model>> LoadVersion(const std::string& name,
+                                                           int64_t version);
+  void OnChanges(const std::vector<StoreChange>& changes);
+  void Evict(const std::string& name, int64_t version);
+
+  ModelStore* const store_;
+  mutable absl::Mutex mu_;
+  std::map<std::pair<std::string, int64_t>, std::shared_ptr<const Model>> cache_
+      ABSL_GUARDED_BY(mu_);
+  std::set<std::pair<std::string, int64_t>> bad_versions_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, ModelEntry> entries_ ABSL_GUARDED_BY(mu_);
+  int64_t reload_failures_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t loads_ ABSL_GUARDED_BY(mu_) = 0;
+  std::unique_ptr<StoreWatcher> watcher_;
+};
+
+}  // namespace sae::server
+
+#endif  // SAE_SERVER_MODEL_REGISTRY_H_

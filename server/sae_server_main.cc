@@ -1,0 +1,87 @@
+// sae_server: the sparse autoencoder service. See --help.
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "core/blas.h"
+#include "server/log.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, listen, "0.0.0.0:50051",
+          "address to serve gRPC on (host:port; port 0 picks a free port)");
+ABSL_FLAG(std::string, store, "./var/models",
+          "model store root: an embedded file store that needs no other server; "
+          "several replicas may share it on one volume");
+ABSL_FLAG(std::string, datasets, "",
+          "folder for uploaded datasets (default: <store>/../datasets)");
+ABSL_FLAG(int, compute_threads, 0, "threads for one matrix product or training step (0: one per core)");
+ABSL_FLAG(int, rpc_threads, 0, "maximum gRPC polling threads (0: gRPC's default)");
+ABSL_FLAG(int64_t, max_message_mb, 64,
+          "largest request or response in MiB; larger ones get RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_rows, 65536,
+          "most rows in one Encode/Decode/Reconstruct/Denoise message (RESOURCE_EXHAUSTED beyond)");
+ABSL_FLAG(int64_t, max_dataset_mb, 2048, "largest uploaded dataset in MiB");
+ABSL_FLAG(int, max_training_jobs, 1, "training jobs that run at once (each on its own worker)");
+ABSL_FLAG(int, max_queued_jobs, 8,
+          "training jobs that may wait for a worker; beyond, Train gets RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, reload_interval_ms, 1000,
+          "how often to poll the store for versions and labels changed by other processes");
+ABSL_FLAG(int, shutdown_grace_s, 10,
+          "on SIGTERM/SIGINT: seconds in-flight calls get to finish");
+
+namespace {
+
+volatile sig_atomic_t g_stop = 0;
+void OnSignal(int) { g_stop = 1; }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "The sparse autoencoder service (gRPC, package sae.v1).\n"
+      "Trains sparse autoencoders as jobs, keeps versioned models in a store, and serves\n"
+      "Encode, Decode, Reconstruct and Denoise. Health (grpc.health.v1) and server reflection\n"
+      "are on.\n\n"
+      "Usage: sae_server [--listen=0.0.0.0:50051] [--store=./var/models] [flags]");
+  absl::ParseCommandLine(argc, argv);
+  sae::server::ServerOptions options;
+  options.listen_address = absl::GetFlag(FLAGS_listen);
+  options.store_root = absl::GetFlag(FLAGS_store);
+  options.datasets_root = absl::GetFlag(FLAGS_datasets);
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
+  options.max_rows_per_request = absl::GetFlag(FLAGS_max_rows);
+  options.max_dataset_bytes = absl::GetFlag(FLAGS_max_dataset_mb) << 20;
+  options.max_training_jobs = absl::GetFlag(FLAGS_max_training_jobs);
+  options.max_queued_jobs = absl::GetFlag(FLAGS_max_queued_jobs);
+  options.reload_interval = std::chrono::milliseconds(absl::GetFlag(FLAGS_reload_interval_ms));
+  options.rpc_threads = absl::GetFlag(FLAGS_rpc_threads);
+  if (absl::GetFlag(FLAGS_compute_threads) < 0 || absl::GetFlag(FLAGS_shutdown_grace_s) < 0 ||
+      absl::GetFlag(FLAGS_reload_interval_ms) < 0) {
+    std::fprintf(stderr, "sae_server: --compute_threads, --shutdown_grace_s and "
+                         "--reload_interval_ms must be >= 0\n");
+    return 2;
+  }
+  sae::SetBlasThreads(absl::GetFlag(FLAGS_compute_threads));
+
+  absl::StatusOr<std::unique_ptr<sae::server::Server>> server = sae::server::Server::Start(options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "sae_server: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("sae_server listening on port %d\n", (*server)->port());
+  std::fflush(stdout);
+  struct sigaction sa = {};
+  sa.sa_handler = OnSignal;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  sae::server::LogLine("server", "signal received");
+  (*server)->Shutdown(std::chrono::seconds(absl::GetFlag(FLAGS_shutdown_grace_s)));
+  return 0;
+}

@@ -1,0 +1,653 @@
+#include "server/sae_service.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/file_util.h"
+#include "core/mapped_file.h"
+#include "core/model_io.h"
+#include "server/log.h"
+#include "server/status_util.h"
+#include "server/tensor_codec.h"
+
+namespace sae::server {
+namespace {
+
+constexpr size_t kExportChunkBytes = 1 << 20;
+constexpr int64_t kMaxImportBytes = int64_t{4} << 30;
+
+absl::Status Invalid(const std::string& field, const std::string& why) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
+}
+
+absl::StatusOr<ModelRef> FromProto(const v1::ModelRef& ref, const std::string& field) {
+  ModelRef out;
+  out.name = ref.name();
+  if (absl::Status s = ValidateStoreName(out.name, "model"); !s.ok()) {
+    return Invalid(field + ".name", std::string(s.message()));
+  }
+  switch (ref.selector_case()) {
+    case v1::ModelRef::kVersion:
+      if (ref.version() < 1) return Invalid(field + ".version", "must be >= 1");
+      out.version = ref.version();
+      break;
+    case v1::ModelRef::kLabel:
+      if (absl::Status s = ValidateStoreName(ref.label(), "label"); !s.ok()) {
+        return Invalid(field + ".label", std::string(s.message()));
+      }
+      if (ref.label() != "latest") out.label = ref.label();
+      break;
+    default:
+      break;  // latest
+  }
+  return out;
+}
+
+absl::StatusOr<Activation> ActivationFromProto(v1::Activation a) {
+  switch (a) {
+    case v1::ACTIVATION_UNSPECIFIED:
+    case v1::ACTIVATION_RELU: return Activation::kRelu;
+    case v1::ACTIVATION_TOPK: return Activation::kTopK;
+    case v1::ACTIVATION_SIGMOID: return Activation::kSigmoid;
+    case v1::ACTIVATION_JUMPRELU: return Activation::kJumpRelu;
+    default: return Invalid("config.activation", absl::StrCat("unknown value ", a));
+  }
+}
+
+v1::Activation ActivationToProto(Activation a) {
+  switch (a) {
+    case Activation::kRelu: return v1::ACTIVATION_RELU;
+    case Activation::kTopK: return v1::ACTIVATION_TOPK;
+    case Activation::kSigmoid: return v1::ACTIVATION_SIGMOID;
+    case Activation::kJumpRelu: return v1::ACTIVATION_JUMPRELU;
+  }
+  return v1::ACTIVATION_UNSPECIFIED;
+}
+
+absl::StatusOr<ModelConfig> ConfigFromProto(const v1::ModelConfig& p) {
+  absl::StatusOr<Activation> act = ActivationFromProto(p.activation());
+  if (!act.ok()) return act.status();
+  ModelConfig c = DefaultConfig(p.d_in(), p.d_hidden(), *act);
+  if (p.k() != 0 || *act != Activation::kTopK) c.k = p.k();
+  c.l1_coefficient = p.l1_coefficient();
+  if (p.kl_rho() != 0) c.kl_rho = p.kl_rho();
+  if (p.kl_beta() != 0) c.kl_beta = p.kl_beta();
+  c.weight_decay = p.weight_decay();
+  c.clip_output = p.clip_output();
+  if (p.clip_output()) {
+    c.clip_min = p.clip_min();
+    c.clip_max = p.clip_max();
+  }
+  if (absl::Status s = c.Validate(); !s.ok()) return s;
+  return c;
+}
+
+void ConfigToProto(const ModelConfig& c, v1::ModelConfig* p) {
+  p->set_d_in(c.d_in);
+  p->set_d_hidden(c.d_hidden);
+  p->set_activation(ActivationToProto(c.activation));
+  p->set_k(c.k);
+  p->set_l1_coefficient(c.l1_coefficient);
+  p->set_kl_rho(c.kl_rho);
+  p->set_kl_beta(c.kl_beta);
+  p->set_weight_decay(c.weight_decay);
+  p->set_clip_output(c.clip_output);
+  p->set_clip_min(c.clip_min);
+  p->set_clip_max(c.clip_max);
+  p->set_input_scale(c.input_scale);
+}
+
+absl::StatusOr<TrainerOptions> OptionsFromProto(const v1::TrainingOptions& p) {
+  TrainerOptions o;
+  if (p.batch_size() != 0) o.batch_size = p.batch_size();
+  if (p.epochs() != 0) o.epochs = p.epochs();
+  o.max_steps = p.max_steps();
+  o.validation_fraction = p.validation_fraction();
+  if (p.seed() != 0) o.seed = p.seed();
+  switch (p.optimizer()) {
+    case v1::OPTIMIZER_UNSPECIFIED:
+    case v1::OPTIMIZER_ADAM: o.optimizer.kind = OptimizerKind::kAdam; break;
+    case v1::OPTIMIZER_SGD: o.optimizer.kind = OptimizerKind::kSgd; break;
+    default: return Invalid("options.optimizer", absl::StrCat("unknown value ", p.optimizer()));
+  }
+  if (p.learning_rate() != 0) o.optimizer.learning_rate = p.learning_rate();
+  o.optimizer.warmup_steps = p.warmup_steps();
+  switch (p.corruption()) {
+    case v1::CORRUPTION_UNSPECIFIED:
+    case v1::CORRUPTION_NONE: o.corruption.kind = CorruptionKind::kNone; break;
+    case v1::CORRUPTION_GAUSSIAN: o.corruption.kind = CorruptionKind::kGaussian; break;
+    case v1::CORRUPTION_MASKING: o.corruption.kind = CorruptionKind::kMasking; break;
+    case v1::CORRUPTION_SALT_AND_PEPPER: o.corruption.kind = CorruptionKind::kSaltAndPepper; break;
+    default: return Invalid("options.corruption", absl::StrCat("unknown value ", p.corruption()));
+  }
+  if (p.noise_sigma() != 0) o.corruption.sigma = p.noise_sigma();
+  if (p.noise_probability() != 0) o.corruption.probability = p.noise_probability();
+  o.corruption.clip = p.noise_clip();
+  o.corruption.low = p.noise_low();
+  if (p.noise_high() != 0) o.corruption.high = p.noise_high();
+  o.normalize_input = p.normalize_input();
+  o.progress_every_steps = 10;
+  if (absl::Status s = o.Validate(); !s.ok()) return s;
+  return o;
+}
+
+v1::JobState StateToProto(JobState s) {
+  switch (s) {
+    case JobState::kQueued: return v1::JOB_STATE_QUEUED;
+    case JobState::kRunning: return v1::JOB_STATE_RUNNING;
+    case JobState::kSucceeded: return v1::JOB_STATE_SUCCEEDED;
+    case JobState::kFailed: return v1::JOB_STATE_FAILED;
+    case JobState::kCancelled: return v1::JOB_STATE_CANCELLED;
+    case JobState::kInterrupted: return v1::JOB_STATE_INTERRUPTED;
+  }
+  return v1::JOB_STATE_UNSPECIFIED;
+}
+
+void JobToProto(const JobInfo& j, v1::TrainingJob* p) {
+  p->set_id(j.id);
+  p->set_model_name(j.model_name);
+  p->set_state(StateToProto(j.state));
+  p->set_published_version(j.published_version);
+  p->set_error(j.error);
+  p->set_created_at(j.created_at);
+  p->set_request_id(j.request_id);
+  for (const auto& [k, v] : j.metrics) (*p->mutable_metrics())[k] = v;
+  v1::TrainingProgress* g = p->mutable_progress();
+  const TrainingProgress& t = j.progress;
+  g->set_step(t.step);
+  g->set_total_steps(t.total_steps);
+  g->set_epoch(t.epoch);
+  g->set_rows_seen(t.rows_seen);
+  g->set_loss(t.loss);
+  g->set_mse(t.mse);
+  g->set_fvu(t.fvu);
+  g->set_mean_l0(t.mean_l0);
+  g->set_dead_fraction(t.dead_fraction);
+  g->set_rows_per_second(t.rows_per_s);
+  g->set_elapsed_seconds(t.elapsed_s);
+  g->set_eta_seconds(t.eta_s);
+}
+
+void VersionToProto(const VersionInfo& v, const ModelConfig* config, v1::ModelVersion* p) {
+  p->set_version(v.version);
+  for (const std::string& l : v.labels) p->add_labels(l);
+  if (config != nullptr) ConfigToProto(*config, p->mutable_config());
+  for (const auto& [k, x] : v.metadata.metrics) (*p->mutable_metrics())[k] = x;
+  for (const auto& [k, x] : v.metadata.training) (*p->mutable_training())[k] = x;
+  p->set_source(v.metadata.source);
+  p->set_created_at(v.metadata.created_at);
+  p->set_description(v.metadata.description);
+  p->set_bytes(v.bytes);
+}
+
+// Checks the deadline and cancellation before work starts.
+absl::Status CheckContext(grpc::ServerContext* context) {
+  if (context->IsCancelled()) return absl::CancelledError("the call was cancelled");
+  if (context->deadline() < std::chrono::system_clock::now()) {
+    return absl::DeadlineExceededError("the deadline passed before the work started");
+  }
+  return absl::OkStatus();
+}
+
+std::string TempDir(const std::string& root) {
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  return absl::StrFormat("%s/.import-%d-%016x", root, ::getpid(), rng());
+}
+
+}  // namespace
+
+SaeService::SaeService(ModelStore* store, ModelRegistry* registry, TrainingJobManager* jobs,
+                       DatasetStore* datasets, ServiceLimits limits)
+    : store_(store), registry_(registry), jobs_(jobs), datasets_(datasets), limits_(limits) {}
+
+// ---- training ----------------------------------------------------------
+
+absl::Status SaeService::DoTrain(const v1::TrainRequest& request, v1::TrainResponse* response) {
+  JobSpec spec;
+  spec.model_name = request.model_name();
+  if (absl::Status s = ValidateStoreName(spec.model_name, "model"); !s.ok()) {
+    return Invalid("model_name", std::string(s.message()));
+  }
+  if (!request.has_config()) return Invalid("config", "missing: give at least d_in and d_hidden");
+  absl::StatusOr<ModelConfig> config = ConfigFromProto(request.config());
+  if (!config.ok()) return config.status();
+  absl::StatusOr<TrainerOptions> options = OptionsFromProto(request.options());
+  if (!options.ok()) return options.status();
+  spec.config = *config;
+  spec.options = *options;
+  if (request.request_id().size() > 128) return Invalid("request_id", "at most 128 characters");
+  if (request.description().size() > 4096) return Invalid("description", "at most 4096 characters");
+  spec.request_id = request.request_id();
+  spec.description = request.description();
+  switch (request.data_case()) {
+    case v1::TrainRequest::kInlineData: {
+      TensorLimits limits{config->d_in, limits_.max_inline_training_rows};
+      absl::StatusOr<ConstMatrixMap> data = ViewTensor(request.inline_data(), "inline_data", limits);
+      if (!data.ok()) return data.status();
+      spec.data = std::make_shared<const RowMatrix>(*data);
+      break;
+    }
+    case v1::TrainRequest::kDatasetId: {
+      absl::StatusOr<std::shared_ptr<const RowMatrix>> data = datasets_->Load(request.dataset_id());
+      if (!data.ok()) return data.status();
+      spec.data = *data;
+      break;
+    }
+    default:
+      return Invalid("data", "missing: send inline_data or a dataset_id from UploadDataset");
+  }
+  absl::StatusOr<JobInfo> job = jobs_->Submit(std::move(spec));
+  if (!job.ok()) return job.status();
+  JobToProto(*job, response->mutable_job());
+  return absl::OkStatus();
+}
+
+grpc::Status SaeService::Train(grpc::ServerContext*, const v1::TrainRequest* request,
+                               v1::TrainResponse* response) {
+  return ToGrpcStatus(DoTrain(*request, response));
+}
+
+grpc::Status SaeService::GetTrainingJob(grpc::ServerContext*,
+                                        const v1::GetTrainingJobRequest* request,
+                                        v1::GetTrainingJobResponse* response) {
+  absl::StatusOr<JobInfo> job = jobs_->Get(request->job_id());
+  if (!job.ok()) return ToGrpcStatus(job.status());
+  JobToProto(*job, response->mutable_job());
+  return grpc::Status::OK;
+}
+
+grpc::Status SaeService::ListTrainingJobs(grpc::ServerContext*, const v1::ListTrainingJobsRequest*,
+                                          v1::ListTrainingJobsResponse* response) {
+  for (const JobInfo& j : jobs_->List()) JobToProto(j, response->add_jobs());
+  return grpc::Status::OK;
+}
+
+grpc::Status SaeService::CancelTrainingJob(grpc::ServerContext*,
+                                           const v1::CancelTrainingJobRequest* request,
+                                           v1::CancelTrainingJobResponse* response) {
+  absl::StatusOr<JobInfo> job = jobs_->Cancel(request->job_id());
+  if (!job.ok()) return ToGrpcStatus(job.status());
+  JobToProto(*job, response->mutable_job());
+  return grpc::Status::OK;
+}
+
+grpc::Status SaeService::WatchTrainingJob(grpc::ServerContext* context,
+                                          const v1::WatchTrainingJobRequest* request,
+                                          grpc::ServerWriter<v1::WatchTrainingJobResponse>* writer) {
+  int64_t revision = -1;
+  while (true) {
+    if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled");
+    absl::StatusOr<JobInfo> job =
+        jobs_->WaitForChange(request->job_id(), revision, absl::Milliseconds(500));
+    if (!job.ok()) return ToGrpcStatus(job.status());
+    if (job->revision != revision) {
+      revision = job->revision;
+      v1::WatchTrainingJobResponse event;
+      JobToProto(*job, event.mutable_job());
+      if (!writer->Write(event)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+    }
+    if (IsFinal(job->state)) return grpc::Status::OK;
+  }
+}
+
+// ---- datasets ----------------------------------------------------------
+
+grpc::Status SaeService::UploadDataset(grpc::ServerContext* context,
+                                       grpc::ServerReader<v1::UploadDatasetRequest>* reader,
+                                       v1::UploadDatasetResponse* response) {
+  v1::UploadDatasetRequest chunk;
+  std::unique_ptr<DatasetUpload> upload;
+  while (reader->Read(&chunk)) {
+    if (upload == nullptr) {
+      absl::StatusOr<std::unique_ptr<DatasetUpload>> u =
+          datasets_->StartUpload(chunk.format(), chunk.columns(), chunk.display_name());
+      if (!u.ok()) return ToGrpcStatus(u.status());
+      upload = std::move(*u);
+    }
+    if (absl::Status s = upload->Append(chunk.chunk()); !s.ok()) return ToGrpcStatus(s);
+  }
+  if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled");
+  if (upload == nullptr) {
+    return ToGrpcStatus(Invalid("chunk", "the upload stream held no messages"));
+  }
+  absl::StatusOr<DatasetInfo> info = upload->Finish();
+  if (!info.ok()) return ToGrpcStatus(info.status());
+  v1::Dataset* d = response->mutable_dataset();
+  d->set_id(info->id);
+  d->set_display_name(info->display_name);
+  d->set_rows(info->rows);
+  d->set_columns(info->columns);
+  d->set_bytes(info->bytes);
+  d->set_created_at(info->created_at);
+  LogLine("dataset", absl::StrCat("stored ", info->id, ": ", info->rows, " x ", info->columns));
+  return grpc::Status::OK;
+}
+
+grpc::Status SaeService::ListDatasets(grpc::ServerContext*, const v1::ListDatasetsRequest*,
+                                      v1::ListDatasetsResponse* response) {
+  absl::StatusOr<std::vector<DatasetInfo>> list = datasets_->List();
+  if (!list.ok()) return ToGrpcStatus(list.status());
+  for (const DatasetInfo& info : *list) {
+    v1::Dataset* d = response->add_datasets();
+    d->set_id(info.id);
+    d->set_display_name(info.display_name);
+    d->set_rows(info.rows);
+    d->set_columns(info.columns);
+    d->set_bytes(info.bytes);
+    d->set_created_at(info.created_at);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status SaeService::DeleteDataset(grpc::ServerContext*, const v1::DeleteDatasetRequest* request,
+                                       v1::DeleteDatasetResponse*) {
+  return ToGrpcStatus(datasets_->Delete(request->dataset_id()));
+}
+
+// ---- inference ---------------------------------------------------------
+
+absl::Status SaeService::DoEncode(const v1::EncodeRequest& request, v1::EncodeResponse* response) {
+  absl::StatusOr<ModelRef> ref = FromProto(request.model(), "model");
+  if (!ref.ok()) return ref.status();
+  if (request.top_n() < 0) return Invalid("top_n", "must be >= 0");
+  absl::StatusOr<ServedModel> served = registry_->Get(*ref);
+  if (!served.ok()) return served.status();
+  const Model& model = *served->model;
+  absl::StatusOr<ConstMatrixMap> x =
+      ViewTensor(request.input(), "input", {model.d_in(), limits_.max_rows_per_request});
+  if (!x.ok()) return x.status();
+  response->set_model_version(served->version);
+  if (request.sparse()) {
+    absl::StatusOr<SparseCodes> codes = model.EncodeSparse(*x, request.top_n());
+    if (!codes.ok()) return codes.status();
+    v1::SparseCodes* s = response->mutable_sparse();
+    s->set_rows(codes->rows);
+    s->set_d_hidden(codes->d_hidden);
+    s->mutable_row_offsets()->Add(codes->row_offsets.begin(), codes->row_offsets.end());
+    s->mutable_indices()->Add(codes->indices.begin(), codes->indices.end());
+    s->mutable_values()->Add(codes->values.begin(), codes->values.end());
+    return absl::OkStatus();
+  }
+  absl::StatusOr<RowMatrix> codes = model.Encode(*x);
+  if (!codes.ok()) return codes.status();
+  FillTensor(*codes, request.raw_output(), response->mutable_dense());
+  return absl::OkStatus();
+}
+
+absl::Status SaeService::DoDecode(const v1::DecodeRequest& request, v1::DecodeResponse* response) {
+  absl::StatusOr<ModelRef> ref = FromProto(request.model(), "model");
+  if (!ref.ok()) return ref.status();
+  absl::StatusOr<ServedModel> served = registry_->Get(*ref);
+  if (!served.ok()) return served.status();
+  absl::StatusOr<ConstMatrixMap> codes = ViewTensor(
+      request.codes(), "codes", {served->model->d_hidden(), limits_.max_rows_per_request});
+  if (!codes.ok()) return codes.status();
+  absl::StatusOr<RowMatrix> out = served->model->Decode(*codes);
+  if (!out.ok()) return out.status();
+  FillTensor(*out, request.raw_output(), response->mutable_output());
+  response->set_model_version(served->version);
+  return absl::OkStatus();
+}
+
+absl::Status SaeService::DoReconstruct(const v1::ReconstructRequest& request,
+                                       v1::ReconstructResponse* response) {
+  absl::StatusOr<ModelRef> ref = FromProto(request.model(), "model");
+  if (!ref.ok()) return ref.status();
+  absl::StatusOr<ServedModel> served = registry_->Get(*ref);
+  if (!served.ok()) return served.status();
+  absl::StatusOr<ConstMatrixMap> x = ViewTensor(
+      request.input(), "input", {served->model->d_in(), limits_.max_rows_per_request});
+  if (!x.ok()) return x.status();
+  absl::StatusOr<RowMatrix> out = served->model->Reconstruct(*x);
+  if (!out.ok()) return out.status();
+  FillTensor(*out, request.raw_output(), response->mutable_output());
+  for (Eigen::Index r = 0; r < out->rows(); ++r) {
+    response->add_row_mse((out->row(r) - x->row(r)).squaredNorm() / static_cast<float>(out->cols()));
+  }
+  response->set_model_version(served->version);
+  return absl::OkStatus();
+}
+
+absl::Status SaeService::DoDenoise(const v1::DenoiseRequest& request, v1::DenoiseResponse* response) {
+  absl::StatusOr<ModelRef> ref = FromProto(request.model(), "model");
+  if (!ref.ok()) return ref.status();
+  absl::StatusOr<ServedModel> served = registry_->Get(*ref);
+  if (!served.ok()) return served.status();
+  absl::StatusOr<ConstMatrixMap> x = ViewTensor(
+      request.input(), "input", {served->model->d_in(), limits_.max_rows_per_request});
+  if (!x.ok()) return x.status();
+  absl::StatusOr<RowMatrix> out = served->model->Denoise(*x);
+  if (!out.ok()) return out.status();
+  FillTensor(*out, request.raw_output(), response->mutable_output());
+  response->set_model_version(served->version);
+  return absl::OkStatus();
+}
+
+grpc::Status SaeService::Encode(grpc::ServerContext* context, const v1::EncodeRequest* request,
+                                v1::EncodeResponse* response) {
+  if (absl::Status s = CheckContext(context); !s.ok()) return ToGrpcStatus(s);
+  return ToGrpcStatus(DoEncode(*request, response));
+}
+
+grpc::Status SaeService::Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
+                                v1::DecodeResponse* response) {
+  if (absl::Status s = CheckContext(context); !s.ok()) return ToGrpcStatus(s);
+  return ToGrpcStatus(DoDecode(*request, response));
+}
+
+grpc::Status SaeService::Reconstruct(grpc::ServerContext* context,
+                                     const v1::ReconstructRequest* request,
+                                     v1::ReconstructResponse* response) {
+  if (absl::Status s = CheckContext(context); !s.ok()) return ToGrpcStatus(s);
+  return ToGrpcStatus(DoReconstruct(*request, response));
+}
+
+grpc::Status SaeService::Denoise(grpc::ServerContext* context, const v1::DenoiseRequest* request,
+                                 v1::DenoiseResponse* response) {
+  if (absl::Status s = CheckContext(context); !s.ok()) return ToGrpcStatus(s);
+  return ToGrpcStatus(DoDenoise(*request, response));
+}
+
+namespace {
+
+// Serves a bidirectional stream one message at a time: read, compute,
+// write. Memory stays flat however long the stream (one request and one
+// response alive at a time); order is kept; the first bad message ends the
+// stream with its status.
+template <typename Req, typename Resp, typename Fn>
+grpc::Status ServeStream(grpc::ServerContext* context, grpc::ServerReaderWriter<Resp, Req>* stream,
+                         Fn fn) {
+  Req request;
+  Resp response;
+  int64_t index = 0;
+  while (stream->Read(&request)) {
+    if (absl::Status s = CheckContext(context); !s.ok()) return ToGrpcStatus(s);
+    response.Clear();
+    absl::Status s = fn(request, &response);
+    if (!s.ok()) {
+      return ToGrpcStatus(absl::Status(s.code(), absl::StrCat("message ", index, ": ", s.message())));
+    }
+    if (!stream->Write(response)) {
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+    }
+    ++index;
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace
+
+grpc::Status SaeService::StreamEncode(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<v1::StreamEncodeResponse, v1::StreamEncodeRequest>* stream) {
+  return ServeStream(context, stream,
+                     [this](const v1::StreamEncodeRequest& r, v1::StreamEncodeResponse* out) {
+                       return DoEncode(r.request(), out->mutable_response());
+                     });
+}
+
+grpc::Status SaeService::StreamReconstruct(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<v1::StreamReconstructResponse, v1::StreamReconstructRequest>* stream) {
+  return ServeStream(context, stream,
+                     [this](const v1::StreamReconstructRequest& r, v1::StreamReconstructResponse* out) {
+                       return DoReconstruct(r.request(), out->mutable_response());
+                     });
+}
+
+grpc::Status SaeService::StreamDenoise(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<v1::StreamDenoiseResponse, v1::StreamDenoiseRequest>* stream) {
+  return ServeStream(context, stream,
+                     [this](const v1::StreamDenoiseRequest& r, v1::StreamDenoiseResponse* out) {
+                       return DoDenoise(r.request(), out->mutable_response());
+                     });
+}
+
+// ---- models ------------------------------------------------------------
+
+grpc::Status SaeService::ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+                                    v1::ListModelsResponse* response) {
+  absl::StatusOr<StoreSnapshot> snap = store_->Snapshot();
+  if (!snap.ok()) return ToGrpcStatus(snap.status());
+  for (const auto& [name, state] : snap->models) {
+    v1::ModelSummary* m = response->add_models();
+    m->set_name(name);
+    m->set_version_count(static_cast<int64_t>(state.versions.size()));
+    m->set_latest_version(state.versions.empty() ? 0 : state.versions.back());
+    for (const auto& [label, v] : state.labels) (*m->mutable_labels())[label] = v;
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status SaeService::GetModel(grpc::ServerContext*, const v1::GetModelRequest* request,
+                                  v1::GetModelResponse* response) {
+  absl::StatusOr<std::vector<VersionInfo>> versions = store_->ListVersions(request->name());
+  if (!versions.ok()) return ToGrpcStatus(versions.status());
+  absl::StatusOr<std::map<std::string, int64_t>> labels = store_->Labels(request->name());
+  if (!labels.ok()) return ToGrpcStatus(labels.status());
+  response->set_name(request->name());
+  for (const VersionInfo& v : *versions) {
+    absl::StatusOr<ServedModel> served = registry_->Get(ModelRef::Version(request->name(), v.version));
+    VersionToProto(v, served.ok() ? &served->model->config() : nullptr, response->add_versions());
+  }
+  for (const auto& [label, v] : *labels) (*response->mutable_labels())[label] = v;
+  return grpc::Status::OK;
+}
+
+grpc::Status SaeService::DeleteModelVersion(grpc::ServerContext*,
+                                            const v1::DeleteModelVersionRequest* request,
+                                            v1::DeleteModelVersionResponse*) {
+  if (request->version() < 1) return ToGrpcStatus(Invalid("version", "must be >= 1"));
+  absl::Status s = store_->DeleteVersion(request->name(), request->version(), request->force());
+  if (s.ok()) LogLine("model", absl::StrCat("deleted ", request->name(), "@", request->version()));
+  return ToGrpcStatus(s);
+}
+
+grpc::Status SaeService::SetModelLabel(grpc::ServerContext*, const v1::SetModelLabelRequest* request,
+                                       v1::SetModelLabelResponse* response) {
+  if (request->version() < 0) return ToGrpcStatus(Invalid("version", "must be >= 0"));
+  absl::Status s = request->version() == 0
+                       ? store_->RemoveLabel(request->name(), request->label())
+                       : store_->SetLabel(request->name(), request->label(), request->version());
+  if (!s.ok()) return ToGrpcStatus(s);
+  absl::StatusOr<std::map<std::string, int64_t>> labels = store_->Labels(request->name());
+  if (!labels.ok()) return ToGrpcStatus(labels.status());
+  for (const auto& [label, v] : *labels) (*response->mutable_labels())[label] = v;
+  registry_->Refresh();
+  return grpc::Status::OK;
+}
+
+grpc::Status SaeService::ImportModel(grpc::ServerContext* context,
+                                     grpc::ServerReader<v1::ImportModelRequest>* reader,
+                                     v1::ImportModelResponse* response) {
+  const std::string dir = TempDir(store_->root());
+  if (absl::Status s = MakeDirectory(dir); !s.ok()) return ToGrpcStatus(s);
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() { RemoveTree(dir).IgnoreError(); }
+  } cleanup{dir};
+  std::string name;
+  std::map<std::string, std::FILE*> files;
+  int64_t total = 0;
+  absl::Status status;
+  v1::ImportModelRequest chunk;
+  while (status.ok() && reader->Read(&chunk)) {
+    if (name.empty()) name = chunk.name();
+    if (chunk.file_name() != kCfgFileName && chunk.file_name() != kWeightsFileName) {
+      status = Invalid("file_name", absl::StrCat("'", chunk.file_name().substr(0, 64), "' is not ",
+                                                 kCfgFileName, " or ", kWeightsFileName));
+      break;
+    }
+    total += static_cast<int64_t>(chunk.chunk().size());
+    if (total > kMaxImportBytes) {
+      status = absl::ResourceExhaustedError("model upload exceeds 4 GiB");
+      break;
+    }
+    std::FILE*& f = files[chunk.file_name()];
+    if (f == nullptr) f = std::fopen((dir + "/" + chunk.file_name()).c_str(), "wb");
+    if (f == nullptr || std::fwrite(chunk.chunk().data(), 1, chunk.chunk().size(), f) != chunk.chunk().size()) {
+      status = absl::InternalError("cannot write the uploaded model");
+    }
+  }
+  for (auto& [_, f] : files) {
+    if (f != nullptr) std::fclose(f);
+  }
+  if (!status.ok()) return ToGrpcStatus(status);
+  if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "import cancelled");
+  if (absl::Status s = ValidateStoreName(name, "model"); !s.ok()) {
+    return ToGrpcStatus(Invalid("name", std::string(s.message())));
+  }
+  absl::StatusOr<LoadedModel> loaded = ImportSaeLensFolder(dir);
+  if (!loaded.ok()) {
+    // A malformed upload is the caller's bad input, not lost server data.
+    const absl::StatusCode code = absl::IsDataLoss(loaded.status())
+                                      ? absl::StatusCode::kInvalidArgument
+                                      : loaded.status().code();
+    std::string message(loaded.status().message());
+    if (message.rfind(dir, 0) == 0) message = message.substr(dir.size() + 1);
+    return ToGrpcStatus(absl::Status(code, absl::StrCat("uploaded model: ", message)));
+  }
+  absl::StatusOr<int64_t> version = store_->Publish(name, *loaded->model, loaded->metadata);
+  if (!version.ok()) return ToGrpcStatus(version.status());
+  LogLine("model", absl::StrCat("imported ", name, "@", *version));
+  VersionInfo info;
+  info.version = *version;
+  info.metadata = loaded->metadata;
+  VersionToProto(info, &loaded->model->config(), response->mutable_version());
+  return grpc::Status::OK;
+}
+
+grpc::Status SaeService::ExportModel(grpc::ServerContext* context,
+                                     const v1::ExportModelRequest* request,
+                                     grpc::ServerWriter<v1::ExportModelResponse>* writer) {
+  absl::StatusOr<ModelRef> ref = FromProto(request->model(), "model");
+  if (!ref.ok()) return ToGrpcStatus(ref.status());
+  absl::StatusOr<int64_t> version = store_->Resolve(*ref);
+  if (!version.ok()) return ToGrpcStatus(version.status());
+  // Verify before sending: a corrupt version is never handed out.
+  absl::StatusOr<LoadedModel> check = store_->Load(ModelRef::Version(ref->name, *version));
+  if (!check.ok()) return ToGrpcStatus(check.status());
+  const std::string dir = absl::StrCat(store_->root(), "/", ref->name, "/", *version);
+  for (const char* file : {kCfgFileName, kWeightsFileName}) {
+    absl::StatusOr<std::unique_ptr<MappedFile>> mapped = MappedFile::Open(dir + "/" + file);
+    if (!mapped.ok()) return ToGrpcStatus(mapped.status());
+    absl::string_view bytes = (*mapped)->bytes();
+    v1::ExportModelResponse chunk;
+    chunk.set_file_name(file);
+    do {
+      if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "export cancelled");
+      const size_t n = std::min(bytes.size(), kExportChunkBytes);
+      chunk.set_chunk(bytes.data(), n);
+      bytes.remove_prefix(n);
+      if (!writer->Write(chunk)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+    } while (!bytes.empty());
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace sae::server

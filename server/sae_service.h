@@ -1,0 +1,90 @@
+// The gRPC service sae.v1.SparseAutoencoderService: thin handlers that
+// validate requests, view their tensors without copying, call the core, and
+// map errors through ToGrpcStatus. No arithmetic on weights happens here.
+#ifndef SAE_SERVER_SAE_SERVICE_H_
+#define SAE_SERVER_SAE_SERVICE_H_
+
+#include <cstdint>
+
+#include "sae/v1/sae.grpc.pb.h"
+#include "server/dataset_store.h"
+#include "server/model_registry.h"
+#include "server/training_jobs.h"
+
+namespace sae::server {
+
+struct ServiceLimits {
+  int64_t max_rows_per_request = 65536;  // rows in one Encode/... message
+  int64_t max_inline_training_rows = 1 << 20;
+};
+
+class SaeService final : public v1::SparseAutoencoderService::Service {
+ public:
+  // Every pointer must outlive the service.
+  SaeService(ModelStore* store, ModelRegistry* registry, TrainingJobManager* jobs,
+             DatasetStore* datasets, ServiceLimits limits);
+
+  grpc::Status Train(grpc::ServerContext*, const v1::TrainRequest*, v1::TrainResponse*) override;
+  grpc::Status GetTrainingJob(grpc::ServerContext*, const v1::GetTrainingJobRequest*,
+                              v1::GetTrainingJobResponse*) override;
+  grpc::Status ListTrainingJobs(grpc::ServerContext*, const v1::ListTrainingJobsRequest*,
+                                v1::ListTrainingJobsResponse*) override;
+  grpc::Status CancelTrainingJob(grpc::ServerContext*, const v1::CancelTrainingJobRequest*,
+                                 v1::CancelTrainingJobResponse*) override;
+  grpc::Status WatchTrainingJob(grpc::ServerContext*, const v1::WatchTrainingJobRequest*,
+                                grpc::ServerWriter<v1::WatchTrainingJobResponse>*) override;
+  grpc::Status UploadDataset(grpc::ServerContext*, grpc::ServerReader<v1::UploadDatasetRequest>*,
+                             v1::UploadDatasetResponse*) override;
+  grpc::Status ListDatasets(grpc::ServerContext*, const v1::ListDatasetsRequest*,
+                            v1::ListDatasetsResponse*) override;
+  grpc::Status DeleteDataset(grpc::ServerContext*, const v1::DeleteDatasetRequest*,
+                             v1::DeleteDatasetResponse*) override;
+  grpc::Status Encode(grpc::ServerContext*, const v1::EncodeRequest*, v1::EncodeResponse*) override;
+  grpc::Status Decode(grpc::ServerContext*, const v1::DecodeRequest*, v1::DecodeResponse*) override;
+  grpc::Status Reconstruct(grpc::ServerContext*, const v1::ReconstructRequest*,
+                           v1::ReconstructResponse*) override;
+  grpc::Status Denoise(grpc::ServerContext*, const v1::DenoiseRequest*,
+                       v1::DenoiseResponse*) override;
+  grpc::Status StreamEncode(
+      grpc::ServerContext*,
+      grpc::ServerReaderWriter<v1::StreamEncodeResponse, v1::StreamEncodeRequest>*) override;
+  grpc::Status StreamReconstruct(
+      grpc::ServerContext*,
+      grpc::ServerReaderWriter<v1::StreamReconstructResponse, v1::StreamReconstructRequest>*)
+      override;
+  grpc::Status StreamDenoise(
+      grpc::ServerContext*,
+      grpc::ServerReaderWriter<v1::StreamDenoiseResponse, v1::StreamDenoiseRequest>*) override;
+  grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+                          v1::ListModelsResponse*) override;
+  grpc::Status GetModel(grpc::ServerContext*, const v1::GetModelRequest*,
+                        v1::GetModelResponse*) override;
+  grpc::Status DeleteModelVersion(grpc::ServerContext*, const v1::DeleteModelVersionRequest*,
+                                  v1::DeleteModelVersionResponse*) override;
+  grpc::Status SetModelLabel(grpc::ServerContext*, const v1::SetModelLabelRequest*,
+                             v1::SetModelLabelResponse*) override;
+  grpc::Status ImportModel(grpc::ServerContext*, grpc::ServerReader<v1::ImportModelRequest>*,
+                           v1::ImportModelResponse*) override;
+  grpc::Status ExportModel(grpc::ServerContext*, const v1::ExportModelRequest*,
+                           grpc::ServerWriter<v1::ExportModelResponse>*) override;
+
+  // The handlers' logic without a ServerContext, for the unary calls and
+  // the streams alike (and for fuzzing the validation).
+  absl::Status DoEncode(const v1::EncodeRequest& request, v1::EncodeResponse* response);
+  absl::Status DoDecode(const v1::DecodeRequest& request, v1::DecodeResponse* response);
+  absl::Status DoReconstruct(const v1::ReconstructRequest& request,
+                             v1::ReconstructResponse* response);
+  absl::Status DoDenoise(const v1::DenoiseRequest& request, v1::DenoiseResponse* response);
+  absl::Status DoTrain(const v1::TrainRequest& request, v1::TrainResponse* response);
+
+ private:
+  ModelStore* const store_;
+  ModelRegistry* const registry_;
+  TrainingJobManager* const jobs_;
+  DatasetStore* const datasets_;
+  const ServiceLimits limits_;
+};
+
+}  // namespace sae::server
+
+#endif  // SAE_SERVER_SAE_SERVICE_H_

@@ -1,0 +1,97 @@
+#include "server/server.h"
+
+#include "absl/strings/str_cat.h"
+#include "core/model_store.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "server/dataset_store.h"
+#include "server/log.h"
+#include "server/model_registry.h"
+#include "server/sae_service.h"
+#include "server/training_jobs.h"
+
+namespace sae::server {
+
+struct Server::Impl {
+  std::unique_ptr<ModelStore> store;
+  std::unique_ptr<DatasetStore> datasets;
+  std::unique_ptr<ModelRegistry> registry;
+  std::unique_ptr<TrainingJobManager> jobs;
+  std::unique_ptr<SaeService> service;
+  std::unique_ptr<grpc::Server> grpc_server;
+  int port = 0;
+  bool shut_down = false;
+};
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Server::~Server() { Shutdown(std::chrono::milliseconds(0)); }
+
+int Server::port() const { return impl_->port; }
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
+  if (options.max_message_bytes < 1024 || options.max_message_bytes > (int64_t{2} << 30) - 1) {
+    return absl::InvalidArgumentError("max_message_bytes must be in [1 KiB, 2 GiB)");
+  }
+  if (options.max_rows_per_request < 1) {
+    return absl::InvalidArgumentError("max_rows_per_request must be >= 1");
+  }
+  if (options.max_training_jobs < 1 || options.max_queued_jobs < 0) {
+    return absl::InvalidArgumentError("max_training_jobs must be >= 1 and max_queued_jobs >= 0");
+  }
+  auto impl = std::make_unique<Impl>();
+  absl::StatusOr<std::unique_ptr<ModelStore>> store = ModelStore::Open(options.store_root);
+  if (!store.ok()) return store.status();
+  impl->store = std::move(*store);
+  const std::string datasets_root =
+      options.datasets_root.empty() ? options.store_root + "/../datasets" : options.datasets_root;
+  absl::StatusOr<std::unique_ptr<DatasetStore>> datasets =
+      DatasetStore::Open(datasets_root, options.max_dataset_bytes);
+  if (!datasets.ok()) return datasets.status();
+  impl->datasets = std::move(*datasets);
+  impl->registry = std::make_unique<ModelRegistry>(impl->store.get(), options.reload_interval);
+  impl->jobs = std::make_unique<TrainingJobManager>(
+      impl->store.get(), JobManagerOptions{options.max_training_jobs, options.max_queued_jobs});
+  impl->service = std::make_unique<SaeService>(
+      impl->store.get(), impl->registry.get(), impl->jobs.get(), impl->datasets.get(),
+      ServiceLimits{options.max_rows_per_request, 1 << 20});
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &impl->port);
+  builder.RegisterService(impl->service.get());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  if (options.rpc_threads > 0) {
+    builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS,
+                                options.rpc_threads);
+  }
+  impl->grpc_server = builder.BuildAndStart();
+  if (impl->grpc_server == nullptr || impl->port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on '", options.listen_address, "' (in use, or not an address)"));
+  }
+  impl->grpc_server->GetHealthCheckService()->SetServingStatus(true);
+  LogLine("server", absl::StrCat("serving on port ", impl->port, ", store '",
+                                 options.store_root, "'"));
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+void Server::Wait() { impl_->grpc_server->Wait(); }
+
+void Server::Shutdown(std::chrono::milliseconds grace) {
+  if (impl_ == nullptr || impl_->shut_down) return;
+  impl_->shut_down = true;
+  LogLine("server", "shutting down");
+  impl_->grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  // Training first: running jobs become INTERRUPTED and publish nothing, so
+  // watchers see a final state before their streams end.
+  impl_->jobs->Shutdown();
+  impl_->grpc_server->Shutdown(std::chrono::system_clock::now() + grace);
+  impl_->registry.reset();
+  LogLine("server", "stopped");
+}
+
+}  // namespace sae::server

@@ -1,0 +1,51 @@
+// Assembles and runs the service: store, registry (hot reload), training
+// job manager, dataset store, the gRPC server with the health and reflection
+// services. main.cc reads flags into ServerOptions; tests run it in-process.
+#ifndef SAE_SERVER_SERVER_H_
+#define SAE_SERVER_SERVER_H_
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace sae::server {
+
+struct ServerOptions {
+  std::string listen_address = "0.0.0.0:50051";  // port 0: pick a free one
+  std::string store_root = "./var/models";
+  std::string datasets_root;  // default: <store_root>/../datasets
+  int64_t max_message_bytes = 64 << 20;
+  int64_t max_rows_per_request = 65536;
+  int64_t max_dataset_bytes = int64_t{2} << 30;
+  int max_training_jobs = 1;  // running at once
+  int max_queued_jobs = 8;
+  std::chrono::milliseconds reload_interval{1000};
+  int rpc_threads = 0;  // gRPC sync server threads (0: gRPC's default)
+};
+
+class Server {
+ public:
+  // Opens the stores and starts listening. INVALID_ARGUMENT for bad options,
+  // UNAVAILABLE when the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options);
+  ~Server();
+
+  // The port actually bound (useful with port 0).
+  int port() const;
+  // Blocks until Shutdown.
+  void Wait();
+  // Stops accepting calls, lets in-flight ones finish within `grace`, marks
+  // running training jobs interrupted, and returns. Idempotent.
+  void Shutdown(std::chrono::milliseconds grace);
+
+ private:
+  struct Impl;
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sae::server
+
+#endif  // SAE_SERVER_SERVER_H_

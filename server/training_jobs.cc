@@ -1,0 +1,285 @@
+#include "server/training_jobs.h"
+
+#include <chrono>
+#include <ctime>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "server/log.h"
+
+namespace sae::server {
+namespace {
+
+std::string Now() {
+  const std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm;
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string StateName(JobState s) {
+  switch (s) {
+    case JobState::kQueued: return "queued";
+    case JobState::kRunning: return "running";
+    case JobState::kSucceeded: return "succeeded";
+    case JobState::kFailed: return "failed";
+    case JobState::kCancelled: return "cancelled";
+    case JobState::kInterrupted: return "interrupted";
+  }
+  return "?";
+}
+
+void AddMetrics(const std::string& prefix, const QualityMetrics& m,
+                std::map<std::string, double>* out) {
+  (*out)[prefix + "mse"] = m.mse;
+  (*out)[prefix + "fvu"] = m.fvu;
+  (*out)[prefix + "mean_l0"] = m.mean_l0;
+  (*out)[prefix + "dead_fraction"] = m.dead_fraction;
+  (*out)[prefix + "psnr_db"] = m.psnr_db;
+}
+
+}  // namespace
+
+bool IsFinal(JobState state) {
+  return state != JobState::kQueued && state != JobState::kRunning;
+}
+
+TrainingJobManager::TrainingJobManager(ModelStore* store, JobManagerOptions options)
+    : store_(store), options_(options) {
+  for (int i = 0; i < std::max(1, options_.max_running); ++i) {
+    workers_.emplace_back([this] { WorkerLoop(); });
+  }
+}
+
+TrainingJobManager::~TrainingJobManager() { Shutdown(); }
+
+void TrainingJobManager::Update(Job* job, const std::function<void(JobInfo&)>& change) {
+  absl::MutexLock lock(&mu_);
+  change(job->info);
+  ++job->info.revision;
+}
+
+absl::StatusOr<JobInfo> TrainingJobManager::Submit(JobSpec spec) {
+  if (absl::Status s = ValidateStoreName(spec.model_name, "model"); !s.ok()) return s;
+  if (absl::Status s = spec.config.Validate(); !s.ok()) return s;
+  if (spec.config.activation == Activation::kJumpRelu) {
+    return absl::InvalidArgumentError(
+        "config.activation: JumpReLU models can be imported and served but not trained here");
+  }
+  if (absl::Status s = spec.options.Validate(); !s.ok()) return s;
+  if (spec.data == nullptr || spec.data->rows() < 2) {
+    return absl::InvalidArgumentError("training data: need at least 2 rows");
+  }
+  if (spec.data->cols() != spec.config.d_in) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "training data has ", spec.data->cols(), " columns, config.d_in is ", spec.config.d_in));
+  }
+  absl::MutexLock lock(&mu_);
+  if (shutting_down_) return absl::UnavailableError("the server is shutting down");
+  if (!spec.request_id.empty()) {
+    if (auto it = by_request_id_.find(spec.request_id); it != by_request_id_.end()) {
+      return jobs_.at(it->second)->info;  // a retry: the same job
+    }
+  }
+  if (static_cast<int>(queue_.size()) >= options_.max_queued) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the training queue is full (", options_.max_queued,
+        " jobs waiting); retry later or cancel a job"));
+  }
+  auto job = std::make_unique<Job>();
+  job->info.id = absl::StrFormat("job-%06d-%04x", next_id_++, std::random_device{}() & 0xffff);
+  job->info.model_name = spec.model_name;
+  job->info.created_at = Now();
+  job->info.request_id = spec.request_id;
+  job->info.progress.total_steps = 0;
+  job->spec = std::move(spec);
+  Job* raw = job.get();
+  if (!raw->info.request_id.empty()) by_request_id_[raw->info.request_id] = raw->info.id;
+  jobs_[raw->info.id] = std::move(job);
+  queue_.push_back(raw);
+  LogLine("job", absl::StrCat(raw->info.id, " queued: model '", raw->info.model_name, "', ",
+                              raw->spec.data->rows(), " x ", raw->spec.data->cols(), " rows"));
+  // Forget the oldest finished jobs beyond the limit.
+  while (static_cast<int64_t>(jobs_.size()) > options_.max_jobs_kept) {
+    auto oldest = jobs_.end();
+    for (auto it = jobs_.begin(); it != jobs_.end(); ++it) {
+      if (IsFinal(it->second->info.state)) {
+        oldest = it;
+        break;
+      }
+    }
+    if (oldest == jobs_.end()) break;
+    by_request_id_.erase(oldest->second->info.request_id);
+    jobs_.erase(oldest);
+  }
+  return raw->info;
+}
+
+absl::StatusOr<JobInfo> TrainingJobManager::Get(const std::string& id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
+  return it->second->info;
+}
+
+std::vector<JobInfo> TrainingJobManager::List() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<JobInfo> out;
+  for (auto it = jobs_.rbegin(); it != jobs_.rend(); ++it) out.push_back(it->second->info);
+  return out;
+}
+
+absl::StatusOr<JobInfo> TrainingJobManager::Cancel(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
+  Job* job = it->second.get();
+  if (IsFinal(job->info.state)) {
+    return absl::FailedPreconditionError(absl::StrCat("job '", id, "' has already ",
+                                                      StateName(job->info.state)));
+  }
+  job->cancel = true;
+  if (job->info.state == JobState::kQueued) {
+    for (auto q = queue_.begin(); q != queue_.end(); ++q) {
+      if (*q == job) {
+        queue_.erase(q);
+        break;
+      }
+    }
+    job->info.state = JobState::kCancelled;
+    job->info.error = "cancelled before it started";
+    ++job->info.revision;
+    LogLine("job", absl::StrCat(id, " cancelled while queued"));
+  }
+  return job->info;
+}
+
+absl::StatusOr<JobInfo> TrainingJobManager::WaitForChange(const std::string& id,
+                                                          int64_t after_revision,
+                                                          absl::Duration timeout) const {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
+  const Job* job = it->second.get();
+  const auto changed = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return job->info.revision > after_revision || IsFinal(job->info.state);
+  };
+  mu_.AwaitWithTimeout(absl::Condition(&changed), timeout);
+  return job->info;
+}
+
+void TrainingJobManager::WorkerLoop() {
+  while (true) {
+    Job* job = nullptr;
+    {
+      absl::MutexLock lock(&mu_);
+      const auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+        return shutting_down_ || !queue_.empty();
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (shutting_down_) return;
+      job = queue_.front();
+      queue_.pop_front();
+      job->info.state = JobState::kRunning;
+      ++job->info.revision;
+    }
+    RunJob(job);
+  }
+}
+
+void TrainingJobManager::RunJob(Job* job) {
+  LogLine("job", absl::StrCat(job->info.id, " running"));
+  TrainingHooks hooks;
+  hooks.cancel = &job->cancel;
+  hooks.on_progress = [&](const TrainingProgress& p) {
+    Update(job, [&](JobInfo& info) { info.progress = p; });
+  };
+  TrainerOptions options = job->spec.options;
+  if (options.progress_every_steps == 0) options.progress_every_steps = 10;
+  absl::StatusOr<TrainingResult> result =
+      Train(job->spec.config, options, *job->spec.data, hooks);
+  if (!result.ok()) {
+    bool interrupted;
+    {
+      absl::MutexLock lock(&mu_);
+      interrupted = shutting_down_;
+    }
+    const JobState state = absl::IsCancelled(result.status())
+                               ? (interrupted ? JobState::kInterrupted : JobState::kCancelled)
+                               : JobState::kFailed;
+    Update(job, [&](JobInfo& info) {
+      info.state = state;
+      info.error = interrupted ? "interrupted by a server shutdown; nothing was published"
+                               : std::string(result.status().message());
+    });
+    LogLine("job", absl::StrCat(job->info.id, " ", StateName(state), ": ", job->info.error));
+    job->spec.data.reset();
+    return;
+  }
+  ModelMetadata meta;
+  meta.description = job->spec.description;
+  meta.data_rows = job->spec.data->rows();
+  meta.data_cols = job->spec.data->cols();
+  const TrainerOptions& o = job->spec.options;
+  meta.training = {{"job_id", job->info.id},
+                   {"batch_size", absl::StrCat(o.batch_size)},
+                   {"epochs", absl::StrCat(o.epochs)},
+                   {"max_steps", absl::StrCat(o.max_steps)},
+                   {"steps", absl::StrCat(result->steps)},
+                   {"seed", absl::StrCat(o.seed)},
+                   {"optimizer", std::string(OptimizerName(o.optimizer.kind))},
+                   {"learning_rate", absl::StrCat(o.optimizer.learning_rate)},
+                   {"corruption", std::string(CorruptionName(o.corruption.kind))},
+                   {"noise_sigma", absl::StrCat(o.corruption.sigma)},
+                   {"validation_fraction", absl::StrCat(o.validation_fraction)},
+                   {"seconds", absl::StrCat(result->seconds)}};
+  std::map<std::string, double> metrics;
+  AddMetrics("", result->train_metrics, &metrics);
+  if (result->validation_metrics) AddMetrics("validation_", *result->validation_metrics, &metrics);
+  if (result->validation_denoising) {
+    metrics["validation_noisy_psnr_db"] = result->validation_denoising->noisy_psnr_db;
+    metrics["validation_denoised_psnr_db"] = result->validation_denoising->denoised_psnr_db;
+  }
+  metrics["rows_per_second"] = result->rows_per_s;
+  meta.metrics = metrics;
+  absl::StatusOr<int64_t> version = store_->Publish(job->info.model_name, *result->model, meta);
+  Update(job, [&](JobInfo& info) {
+    if (version.ok()) {
+      info.state = JobState::kSucceeded;
+      info.published_version = *version;
+      info.metrics = metrics;
+    } else {
+      info.state = JobState::kFailed;
+      info.error = absl::StrCat("training finished but publishing failed: ",
+                                version.status().message());
+    }
+  });
+  LogLine("job", version.ok() ? absl::StrCat(job->info.id, " succeeded: published ",
+                                             job->info.model_name, "@", *version)
+                              : absl::StrCat(job->info.id, " failed: ", job->info.error));
+  job->spec.data.reset();
+}
+
+void TrainingJobManager::Shutdown() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_ && workers_.empty()) return;
+    shutting_down_ = true;
+    for (auto& [id, job] : jobs_) {
+      if (job->info.state == JobState::kRunning) job->cancel = true;
+      if (job->info.state == JobState::kQueued) {
+        job->info.state = JobState::kInterrupted;
+        job->info.error = "interrupted by a server shutdown before it started";
+        ++job->info.revision;
+      }
+    }
+    queue_.clear();
+  }
+  for (std::thread& t : workers_) t.join();
+  workers_.clear();
+}
+
+}  // namespace sae::server

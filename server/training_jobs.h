@@ -1,0 +1,107 @@
+// Training jobs: queued, run on their own bounded worker threads (so that
+// serving stays responsive), watched, cancelled, and published into the
+// store when they succeed. Knows nothing of gRPC.
+//
+// Thread-safe.
+#ifndef SAE_SERVER_TRAINING_JOBS_H_
+#define SAE_SERVER_TRAINING_JOBS_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "core/model_store.h"
+#include "core/trainer.h"
+
+namespace sae::server {
+
+enum class JobState { kQueued, kRunning, kSucceeded, kFailed, kCancelled, kInterrupted };
+bool IsFinal(JobState state);
+
+struct JobSpec {
+  std::string model_name;
+  ModelConfig config;
+  TrainerOptions options;
+  std::shared_ptr<const RowMatrix> data;
+  std::string request_id;  // idempotency key, may be empty
+  std::string description;
+};
+
+// A job as seen at one moment.
+struct JobInfo {
+  std::string id;
+  std::string model_name;
+  JobState state = JobState::kQueued;
+  TrainingProgress progress;
+  int64_t published_version = 0;
+  std::string error;
+  std::map<std::string, double> metrics;
+  std::string created_at;
+  std::string request_id;
+  int64_t revision = 0;  // grows with every change
+};
+
+struct JobManagerOptions {
+  int max_running = 1;     // jobs training at once (worker threads)
+  int max_queued = 8;      // further jobs waiting; beyond: RESOURCE_EXHAUSTED
+  int64_t max_jobs_kept = 1000;  // finished jobs remembered for Get/List
+};
+
+class TrainingJobManager {
+ public:
+  TrainingJobManager(ModelStore* store, JobManagerOptions options);
+  // Shuts down (see Shutdown) if not done yet.
+  ~TrainingJobManager();
+
+  // Validates the spec (INVALID_ARGUMENT naming the field), queues the job,
+  // and returns it. A request_id seen before returns that job instead.
+  // RESOURCE_EXHAUSTED when the queue is full.
+  absl::StatusOr<JobInfo> Submit(JobSpec spec);
+  absl::StatusOr<JobInfo> Get(const std::string& id) const;
+  std::vector<JobInfo> List() const;
+  // Asks a queued or running job to stop. FAILED_PRECONDITION when it has
+  // already finished.
+  absl::StatusOr<JobInfo> Cancel(const std::string& id);
+  // Waits until the job's revision exceeds `after_revision`, it is final, or
+  // `timeout` passes; returns the job as it is then.
+  absl::StatusOr<JobInfo> WaitForChange(const std::string& id, int64_t after_revision,
+                                        absl::Duration timeout) const;
+
+  // Stops taking jobs, cancels running ones and marks them (and queued ones)
+  // INTERRUPTED, and joins the workers. Nothing half-published: a job that
+  // is already publishing finishes its publish first.
+  void Shutdown();
+
+ private:
+  struct Job {
+    JobInfo info;
+    JobSpec spec;
+    std::atomic<bool> cancel{false};
+  };
+  void WorkerLoop();
+  void RunJob(Job* job);
+  void Update(Job* job, const std::function<void(JobInfo&)>& change);
+
+  ModelStore* const store_;
+  const JobManagerOptions options_;
+  mutable absl::Mutex mu_;
+  std::map<std::string, std::unique_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> by_request_id_ ABSL_GUARDED_BY(mu_);
+  std::deque<Job*> queue_ ABSL_GUARDED_BY(mu_);
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace sae::server
+
+#endif  // SAE_SERVER_TRAINING_JOBS_H_
