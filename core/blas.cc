@@ -73,6 +73,23 @@ void Gemm(Transpose trans_a, Transpose trans_b, float alpha, ConstMatrixRef a,
   const float* pa = a.data();
   const float* pb = b.data();
   float* pc = c.data();
+  if (m == 1) {
+    // One output row (a single-row request): a matrix-vector product.
+    // OpenBLAS's sgemm is several times slower than sgemv for this shape,
+    // and the product is bound by reading op(B) once, so split its columns.
+    const int incx = ta ? lda : 1;
+    ParallelFor(n, 1024, [&](int, int64_t lo, int64_t hi) {
+      const int len = static_cast<int>(hi - lo);
+      if (tb) {  // c[lo:hi] = B[lo:hi, :] a
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, len, k, alpha, pb + lo * ldb, ldb, pa, incx,
+                    beta, pc + lo, 1);
+      } else {  // c[lo:hi] = B[:, lo:hi]^T a
+        cblas_sgemv(CblasRowMajor, CblasTrans, k, len, alpha, pb + lo, ldb, pa, incx, beta,
+                    pc + lo, 1);
+      }
+    });
+    return;
+  }
   // Split the output along its longer side into one block per thread.
   const bool split_rows = m >= n;
   const int64_t extent = split_rows ? m : n;
