@@ -286,6 +286,44 @@ TEST_F(ServiceTest, StreamsKeepOrderAndAnswerEveryMessage) {
   EXPECT_EQ(n, 20);
 }
 
+int64_t ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * ::sysconf(_SC_PAGESIZE);
+}
+
+// A million rows through one stream: memory must stay flat (client and
+// server share this process, so both sides are measured).
+TEST_F(ServiceTest, AMillionRowStreamKeepsMemoryFlat) {
+  ASSERT_EQ(TrainAndWatch(SmallTrainRequest("flat")).state(), v1::JOB_STATE_SUCCEEDED);
+  auto ctx = Ctx(300);
+  auto stream = stub_->StreamEncode(ctx.get());
+  const RowMatrix batch = Data(1000, 8, 3);
+  v1::StreamEncodeRequest req;
+  req.mutable_request()->mutable_model()->set_name("flat");
+  req.mutable_request()->set_raw_output(true);
+  SetTensor(batch, req.mutable_request()->mutable_input(), /*raw=*/true);
+  std::thread writer([&] {
+    for (int i = 0; i < 1000; ++i) {
+      if (!stream->Write(req)) break;
+    }
+    stream->WritesDone();
+  });
+  v1::StreamEncodeResponse resp;
+  int64_t rows = 0, rss_early = 0, rss_peak = 0;
+  while (stream->Read(&resp)) {
+    rows += resp.response().dense().shape(0);
+    if (rows == 100000) rss_early = ResidentBytes();
+    if (rows > 100000) rss_peak = std::max(rss_peak, ResidentBytes());
+  }
+  writer.join();
+  ASSERT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(rows, 1000000);
+  // 1M rows of codes are 64 MB; growth must stay far below that.
+  EXPECT_LT(rss_peak - rss_early, 24 << 20) << "early " << rss_early << " peak " << rss_peak;
+}
+
 TEST_F(ServiceTest, ExportThenImportGivesTheSameModel) {
   ASSERT_EQ(TrainAndWatch(SmallTrainRequest("orig")).state(), v1::JOB_STATE_SUCCEEDED);
   v1::ExportModelRequest exp;
