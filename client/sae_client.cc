@@ -1,0 +1,477 @@
+#include "client/sae_client.h"
+
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "core/dataset_io.h"
+#include "core/file_util.h"
+#include "core/mapped_file.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+
+namespace sae::client {
+namespace {
+
+constexpr size_t kChunkBytes = 1 << 20;
+
+void SetTensor(ConstMatrixRef m, v1::Tensor* t) {
+  t->add_shape(m.rows());
+  t->add_shape(m.cols());
+  std::string* raw = t->mutable_raw();
+  raw->resize(static_cast<size_t>(m.size()) * 4);
+  for (Eigen::Index r = 0; r < m.rows(); ++r) {
+    std::memcpy(raw->data() + r * m.cols() * 4, m.row(r).data(), m.cols() * 4);
+  }
+}
+
+absl::StatusOr<RowMatrix> GetTensor(const v1::Tensor& t) {
+  if (t.shape_size() != 2) return absl::InternalError("server sent a tensor without 2 dimensions");
+  RowMatrix m(t.shape(0), t.shape(1));
+  const size_t bytes = static_cast<size_t>(m.size()) * 4;
+  if (t.has_values()) {
+    if (static_cast<size_t>(t.values().values_size()) * 4 != bytes) {
+      return absl::InternalError("server sent a tensor whose size differs from its shape");
+    }
+    std::memcpy(m.data(), t.values().values().data(), bytes);
+  } else {
+    if (t.raw().size() != bytes) {
+      return absl::InternalError("server sent a tensor whose size differs from its shape");
+    }
+    std::memcpy(m.data(), t.raw().data(), bytes);
+  }
+  return m;
+}
+
+}  // namespace
+
+absl::Status FromGrpcStatus(const grpc::Status& status, const std::string& address) {
+  if (status.ok()) return absl::OkStatus();
+  const absl::StatusCode code = static_cast<absl::StatusCode>(status.error_code());
+  if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+    return absl::UnavailableError(absl::StrCat("server unreachable at ", address, " (",
+                                               status.error_message(),
+                                               "); is sae_server running there?"));
+  }
+  if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "no answer from ", address, " before the deadline (", status.error_message(),
+        "); raise --timeout or check the server's load"));
+  }
+  return absl::Status(code, status.error_message());
+}
+
+absl::StatusOr<v1::ModelRef> ParseModelRef(const std::string& text) {
+  v1::ModelRef ref;
+  const size_t at = text.find('@'), colon = text.find(':');
+  if (at != std::string::npos && colon != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model '", text, "': use NAME, NAME@VERSION or NAME:LABEL"));
+  }
+  if (at != std::string::npos) {
+    int64_t v;
+    if (!absl::SimpleAtoi(text.substr(at + 1), &v) || v < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model '", text, "': the version after '@' must be a positive integer"));
+    }
+    ref.set_name(text.substr(0, at));
+    ref.set_version(v);
+  } else if (colon != std::string::npos) {
+    ref.set_name(text.substr(0, colon));
+    ref.set_label(text.substr(colon + 1));
+  } else {
+    ref.set_name(text);
+  }
+  if (ref.name().empty()) return absl::InvalidArgumentError("model name is empty");
+  return ref;
+}
+
+std::unique_ptr<SaeClient> SaeClient::Create(const std::string& address, ClientOptions options) {
+  return std::unique_ptr<SaeClient>(new SaeClient(address, options));
+}
+
+SaeClient::SaeClient(std::string address, ClientOptions options)
+    : address_(std::move(address)), options_(options) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
+  args.SetMaxSendMessageSize(static_cast<int>(options_.max_message_bytes));
+  channel_ = grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
+  stub_ = v1::SparseAutoencoderService::NewStub(channel_);
+}
+
+std::unique_ptr<grpc::ClientContext> SaeClient::Context() const {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(std::chrono::system_clock::now() + options_.deadline);
+  return ctx;
+}
+
+absl::Status SaeClient::Retry(const std::function<grpc::Status(grpc::ClientContext*)>& call) const {
+  auto backoff = options_.initial_backoff;
+  grpc::Status status;
+  for (int attempt = 1; attempt <= std::max(1, options_.max_attempts); ++attempt) {
+    auto ctx = Context();
+    status = call(ctx.get());
+    if (status.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+    if (attempt < options_.max_attempts) {
+      std::this_thread::sleep_for(backoff);
+      backoff *= 2;
+    }
+  }
+  return FromGrpcStatus(status, address_);
+}
+
+absl::Status SaeClient::CheckHealth() {
+  auto health = grpc::health::v1::Health::NewStub(channel_);
+  grpc::health::v1::HealthCheckResponse response;
+  absl::Status s = Retry([&](grpc::ClientContext* ctx) {
+    return health->Check(ctx, grpc::health::v1::HealthCheckRequest(), &response);
+  });
+  if (!s.ok()) return s;
+  if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
+    return absl::UnavailableError(absl::StrCat("server at ", address_, " is not serving"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::TrainingJob> SaeClient::Train(const v1::TrainRequest& request) {
+  v1::TrainResponse response;
+  auto call = [&](grpc::ClientContext* ctx) { return stub_->Train(ctx, request, &response); };
+  absl::Status s;
+  if (request.request_id().empty()) {  // not safe to repeat: one attempt
+    auto ctx = Context();
+    s = FromGrpcStatus(call(ctx.get()), address_);
+  } else {
+    s = Retry(call);
+  }
+  if (!s.ok()) return s;
+  return response.job();
+}
+
+absl::StatusOr<v1::TrainingJob> SaeClient::GetJob(const std::string& id) {
+  v1::GetTrainingJobRequest request;
+  request.set_job_id(id);
+  v1::GetTrainingJobResponse response;
+  absl::Status s = Retry([&](grpc::ClientContext* ctx) { return stub_->GetTrainingJob(ctx, request, &response); });
+  if (!s.ok()) return s;
+  return response.job();
+}
+
+absl::StatusOr<std::vector<v1::TrainingJob>> SaeClient::ListJobs() {
+  v1::ListTrainingJobsResponse response;
+  absl::Status s = Retry([&](grpc::ClientContext* ctx) {
+    return stub_->ListTrainingJobs(ctx, v1::ListTrainingJobsRequest(), &response);
+  });
+  if (!s.ok()) return s;
+  return std::vector<v1::TrainingJob>(response.jobs().begin(), response.jobs().end());
+}
+
+absl::StatusOr<v1::TrainingJob> SaeClient::CancelJob(const std::string& id) {
+  v1::CancelTrainingJobRequest request;
+  request.set_job_id(id);
+  v1::CancelTrainingJobResponse response;
+  absl::Status s = Retry([&](grpc::ClientContext* ctx) { return stub_->CancelTrainingJob(ctx, request, &response); });
+  if (!s.ok()) return s;
+  return response.job();
+}
+
+absl::StatusOr<v1::TrainingJob> SaeClient::WatchJob(
+    const std::string& id, const std::function<void(const v1::TrainingJob&)>& on_event) {
+  v1::WatchTrainingJobRequest request;
+  request.set_job_id(id);
+  v1::TrainingJob last;
+  // A watch may outlive the per-call deadline: reconnect until the job ends.
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::hours(24));
+    auto reader = stub_->WatchTrainingJob(&ctx, request);
+    v1::WatchTrainingJobResponse event;
+    while (reader->Read(&event)) {
+      last = event.job();
+      if (on_event) on_event(last);
+    }
+    grpc::Status s = reader->Finish();
+    if (s.ok()) return last;
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE) return FromGrpcStatus(s, address_);
+    std::this_thread::sleep_for(options_.initial_backoff);
+  }
+  return absl::UnavailableError(absl::StrCat("lost the watch of job ", id));
+}
+
+absl::StatusOr<v1::Dataset> SaeClient::UploadDataset(ConstMatrixRef data,
+                                                     const std::string& display_name) {
+  const std::string npy = EncodeNpy(data);
+  auto ctx = Context();
+  ctx->set_deadline(std::chrono::system_clock::now() + options_.deadline * 10);
+  v1::UploadDatasetResponse response;
+  auto writer = stub_->UploadDataset(ctx.get(), &response);
+  for (size_t off = 0; off < npy.size(); off += kChunkBytes) {
+    v1::UploadDatasetRequest chunk;
+    if (off == 0) {
+      chunk.set_format("npy");
+      chunk.set_display_name(display_name);
+    }
+    chunk.set_chunk(npy.substr(off, kChunkBytes));
+    if (!writer->Write(chunk)) break;
+  }
+  writer->WritesDone();
+  absl::Status s = FromGrpcStatus(writer->Finish(), address_);
+  if (!s.ok()) return s;
+  return response.dataset();
+}
+
+absl::StatusOr<std::vector<v1::Dataset>> SaeClient::ListDatasets() {
+  v1::ListDatasetsResponse response;
+  absl::Status s = Retry([&](grpc::ClientContext* ctx) {
+    return stub_->ListDatasets(ctx, v1::ListDatasetsRequest(), &response);
+  });
+  if (!s.ok()) return s;
+  return std::vector<v1::Dataset>(response.datasets().begin(), response.datasets().end());
+}
+
+absl::Status SaeClient::DeleteDataset(const std::string& id) {
+  v1::DeleteDatasetRequest request;
+  request.set_dataset_id(id);
+  v1::DeleteDatasetResponse response;
+  return Retry([&](grpc::ClientContext* ctx) { return stub_->DeleteDataset(ctx, request, &response); });
+}
+
+absl::StatusOr<RowMatrix> SaeClient::Encode(const v1::ModelRef& model, ConstMatrixRef x) {
+  v1::EncodeRequest request;
+  *request.mutable_model() = model;
+  SetTensor(x, request.mutable_input());
+  request.set_raw_output(true);
+  v1::EncodeResponse response;
+  absl::Status s = Retry([&](grpc::ClientContext* ctx) { return stub_->Encode(ctx, request, &response); });
+  if (!s.ok()) return s;
+  return GetTensor(response.dense());
+}
+
+absl::StatusOr<v1::SparseCodes> SaeClient::EncodeSparse(const v1::ModelRef& model, ConstMatrixRef x,
+                                                        int64_t top_n) {
+  v1::EncodeRequest request;
+  *request.mutable_model() = model;
+  SetTensor(x, request.mutable_input());
+  request.set_sparse(true);
+  request.set_top_n(top_n);
+  v1::EncodeResponse response;
+  absl::Status s = Retry([&](grpc::ClientContext* ctx) { return stub_->Encode(ctx, request, &response); });
+  if (!s.ok()) return s;
+  return response.sparse();
+}
+
+absl::StatusOr<RowMatrix> SaeClient::Decode(const v1::ModelRef& model, ConstMatrixRef codes) {
+  v1::DecodeRequest request;
+  *request.mutable_model() = model;
+  SetTensor(codes, request.mutable_codes());
+  request.set_raw_output(true);
+  v1::DecodeResponse response;
+  absl::Status s = Retry([&](grpc::ClientContext* ctx) { return stub_->Decode(ctx, request, &response); });
+  if (!s.ok()) return s;
+  return GetTensor(response.output());
+}
+
+absl::StatusOr<RowMatrix> SaeClient::Reconstruct(const v1::ModelRef& model, ConstMatrixRef x) {
+  v1::ReconstructRequest request;
+  *request.mutable_model() = model;
+  SetTensor(x, request.mutable_input());
+  request.set_raw_output(true);
+  v1::ReconstructResponse response;
+  absl::Status s = Retry([&](grpc::ClientContext* ctx) { return stub_->Reconstruct(ctx, request, &response); });
+  if (!s.ok()) return s;
+  return GetTensor(response.output());
+}
+
+absl::StatusOr<RowMatrix> SaeClient::Denoise(const v1::ModelRef& model, ConstMatrixRef x) {
+  v1::DenoiseRequest request;
+  *request.mutable_model() = model;
+  SetTensor(x, request.mutable_input());
+  request.set_raw_output(true);
+  v1::DenoiseResponse response;
+  absl::Status s = Retry([&](grpc::ClientContext* ctx) { return stub_->Denoise(ctx, request, &response); });
+  if (!s.ok()) return s;
+  return GetTensor(response.output());
+}
+
+namespace {
+
+// One streaming RPC, generic over its message types.
+template <typename Req, typename Resp, typename Fill, typename Take>
+absl::Status RunStream(std::unique_ptr<grpc::ClientReaderWriter<Req, Resp>> stream,
+                       grpc::ClientContext* ctx, ConstMatrixRef x, int64_t batch_rows, Fill fill,
+                       Take take, const std::function<absl::Status(const RowMatrix&)>& sink,
+                       const std::string& address) {
+  // The writer runs ahead of the reader by at most the transport's flow
+  // control window, so memory stays bounded.
+  std::thread writer([&] {
+    Req request;
+    for (Eigen::Index r0 = 0; r0 < x.rows(); r0 += batch_rows) {
+      const Eigen::Index n = std::min<Eigen::Index>(batch_rows, x.rows() - r0);
+      request.Clear();
+      fill(x.middleRows(r0, n), &request);
+      if (!stream->Write(request)) break;
+    }
+    stream->WritesDone();
+  });
+  Resp response;
+  absl::Status sink_status;
+  while (stream->Read(&response)) {
+    absl::StatusOr<RowMatrix> batch = take(response);
+    if (!batch.ok()) sink_status = batch.status();
+    if (sink_status.ok()) sink_status = sink(*batch);
+    if (!sink_status.ok()) {
+      ctx->TryCancel();
+      break;
+    }
+  }
+  writer.join();
+  grpc::Status s = stream->Finish();
+  if (!sink_status.ok()) return sink_status;
+  return FromGrpcStatus(s, address);
+}
+
+}  // namespace
+
+absl::Status SaeClient::Stream(StreamOp op, const v1::ModelRef& model, ConstMatrixRef x,
+                               int64_t batch_rows,
+                               const std::function<absl::Status(const RowMatrix&)>& sink) {
+  if (batch_rows < 1) return absl::InvalidArgumentError("batch_rows must be >= 1");
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + options_.deadline * 100);
+  switch (op) {
+    case StreamOp::kEncode:
+      return RunStream(
+          stub_->StreamEncode(&ctx), &ctx, x, batch_rows,
+          [&](ConstMatrixRef rows, v1::StreamEncodeRequest* r) {
+            *r->mutable_request()->mutable_model() = model;
+            r->mutable_request()->set_raw_output(true);
+            SetTensor(rows, r->mutable_request()->mutable_input());
+          },
+          [](const v1::StreamEncodeResponse& r) { return GetTensor(r.response().dense()); }, sink,
+          address_);
+    case StreamOp::kReconstruct:
+      return RunStream(
+          stub_->StreamReconstruct(&ctx), &ctx, x, batch_rows,
+          [&](ConstMatrixRef rows, v1::StreamReconstructRequest* r) {
+            *r->mutable_request()->mutable_model() = model;
+            r->mutable_request()->set_raw_output(true);
+            SetTensor(rows, r->mutable_request()->mutable_input());
+          },
+          [](const v1::StreamReconstructResponse& r) { return GetTensor(r.response().output()); },
+          sink, address_);
+    case StreamOp::kDenoise:
+      return RunStream(
+          stub_->StreamDenoise(&ctx), &ctx, x, batch_rows,
+          [&](ConstMatrixRef rows, v1::StreamDenoiseRequest* r) {
+            *r->mutable_request()->mutable_model() = model;
+            r->mutable_request()->set_raw_output(true);
+            SetTensor(rows, r->mutable_request()->mutable_input());
+          },
+          [](const v1::StreamDenoiseResponse& r) { return GetTensor(r.response().output()); },
+          sink, address_);
+  }
+  return absl::InternalError("unknown stream operation");
+}
+
+absl::StatusOr<std::vector<v1::ModelSummary>> SaeClient::ListModels() {
+  v1::ListModelsResponse response;
+  absl::Status s = Retry([&](grpc::ClientContext* ctx) {
+    return stub_->ListModels(ctx, v1::ListModelsRequest(), &response);
+  });
+  if (!s.ok()) return s;
+  return std::vector<v1::ModelSummary>(response.models().begin(), response.models().end());
+}
+
+absl::StatusOr<v1::GetModelResponse> SaeClient::GetModel(const std::string& name) {
+  v1::GetModelRequest request;
+  request.set_name(name);
+  v1::GetModelResponse response;
+  absl::Status s = Retry([&](grpc::ClientContext* ctx) { return stub_->GetModel(ctx, request, &response); });
+  if (!s.ok()) return s;
+  return response;
+}
+
+absl::Status SaeClient::DeleteModelVersion(const std::string& name, int64_t version, bool force) {
+  v1::DeleteModelVersionRequest request;
+  request.set_name(name);
+  request.set_version(version);
+  request.set_force(force);
+  v1::DeleteModelVersionResponse response;
+  auto ctx = Context();
+  return FromGrpcStatus(stub_->DeleteModelVersion(ctx.get(), request, &response), address_);
+}
+
+absl::StatusOr<std::map<std::string, int64_t>> SaeClient::SetLabel(const std::string& name,
+                                                                   const std::string& label,
+                                                                   int64_t version) {
+  v1::SetModelLabelRequest request;
+  request.set_name(name);
+  request.set_label(label);
+  request.set_version(version);
+  v1::SetModelLabelResponse response;
+  absl::Status s = Retry([&](grpc::ClientContext* ctx) { return stub_->SetModelLabel(ctx, request, &response); });
+  if (!s.ok()) return s;
+  return std::map<std::string, int64_t>(response.labels().begin(), response.labels().end());
+}
+
+absl::StatusOr<v1::ModelVersion> SaeClient::ImportModel(const std::string& name,
+                                                        const std::string& folder) {
+  auto ctx = Context();
+  ctx->set_deadline(std::chrono::system_clock::now() + options_.deadline * 10);
+  v1::ImportModelResponse response;
+  auto writer = stub_->ImportModel(ctx.get(), &response);
+  bool first = true;
+  for (const char* file : {"cfg.json", "sae_weights.safetensors"}) {
+    absl::StatusOr<std::unique_ptr<MappedFile>> mapped = MappedFile::Open(folder + "/" + file);
+    if (!mapped.ok()) {
+      ctx->TryCancel();
+      writer->Finish();
+      return mapped.status();
+    }
+    absl::string_view bytes = (*mapped)->bytes();
+    do {
+      v1::ImportModelRequest chunk;
+      if (first) chunk.set_name(name);
+      first = false;
+      chunk.set_file_name(file);
+      const size_t n = std::min(bytes.size(), kChunkBytes);
+      chunk.set_chunk(bytes.data(), n);
+      bytes.remove_prefix(n);
+      if (!writer->Write(chunk)) break;
+    } while (!bytes.empty());
+  }
+  writer->WritesDone();
+  absl::Status s = FromGrpcStatus(writer->Finish(), address_);
+  if (!s.ok()) return s;
+  return response.version();
+}
+
+absl::Status SaeClient::ExportModel(const v1::ModelRef& model, const std::string& folder) {
+  if (absl::Status s = MakeDirectory(folder); !s.ok()) return s;
+  v1::ExportModelRequest request;
+  *request.mutable_model() = model;
+  auto ctx = Context();
+  ctx->set_deadline(std::chrono::system_clock::now() + options_.deadline * 10);
+  auto reader = stub_->ExportModel(ctx.get(), request);
+  std::map<std::string, std::ofstream> files;
+  v1::ExportModelResponse chunk;
+  while (reader->Read(&chunk)) {
+    if (chunk.file_name() != "cfg.json" && chunk.file_name() != "sae_weights.safetensors") {
+      ctx->TryCancel();
+      break;
+    }
+    auto it = files.find(chunk.file_name());
+    if (it == files.end()) {
+      it = files.emplace(chunk.file_name(),
+                         std::ofstream(folder + "/" + chunk.file_name(), std::ios::binary))
+               .first;
+    }
+    it->second.write(chunk.chunk().data(), static_cast<std::streamsize>(chunk.chunk().size()));
+  }
+  for (auto& [_, f] : files) f.close();
+  return FromGrpcStatus(reader->Finish(), address_);
+}
+
+}  // namespace sae::client
