@@ -98,6 +98,9 @@ SaeClient::SaeClient(std::string address, ClientOptions options)
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(options_.max_message_bytes));
+  // With a name that resolves to several replicas (a headless Kubernetes
+  // Service, dns:///host:port), spread calls over all of them.
+  args.SetLoadBalancingPolicyName("round_robin");
   channel_ = grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
   stub_ = v1::SparseAutoencoderService::NewStub(channel_);
 }

@@ -32,6 +32,9 @@ ABSL_FLAG(int, max_queued_jobs, 8,
           "training jobs that may wait for a worker; beyond, Train gets RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, reload_interval_ms, 1000,
           "how often to poll the store for versions and labels changed by other processes");
+ABSL_FLAG(bool, accept_training, true,
+          "accept Train calls; false makes a serving-only replica (Train gets FAILED_PRECONDITION), "
+          "for deployments with a separate trainer");
 ABSL_FLAG(int, shutdown_grace_s, 10,
           "on SIGTERM/SIGINT: seconds in-flight calls get to finish");
 
@@ -61,6 +64,7 @@ int main(int argc, char** argv) {
   options.max_queued_jobs = absl::GetFlag(FLAGS_max_queued_jobs);
   options.reload_interval = std::chrono::milliseconds(absl::GetFlag(FLAGS_reload_interval_ms));
   options.rpc_threads = absl::GetFlag(FLAGS_rpc_threads);
+  options.accept_training = absl::GetFlag(FLAGS_accept_training);
   if (absl::GetFlag(FLAGS_compute_threads) < 0 || absl::GetFlag(FLAGS_shutdown_grace_s) < 0 ||
       absl::GetFlag(FLAGS_reload_interval_ms) < 0) {
     std::fprintf(stderr, "sae_server: --compute_threads, --shutdown_grace_s and "

@@ -207,6 +207,10 @@ SaeService::SaeService(ModelStore* store, ModelRegistry* registry, TrainingJobMa
 // ---- training ----------------------------------------------------------
 
 absl::Status SaeService::DoTrain(const v1::TrainRequest& request, v1::TrainResponse* response) {
+  if (!limits_.accept_training) {
+    return absl::FailedPreconditionError(
+        "this replica does not train (--accept_training=false); send Train to a trainer replica");
+  }
   JobSpec spec;
   spec.model_name = request.model_name();
   if (absl::Status s = ValidateStoreName(spec.model_name, "model"); !s.ok()) {

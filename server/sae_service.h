@@ -16,6 +16,8 @@ namespace sae::server {
 struct ServiceLimits {
   int64_t max_rows_per_request = 65536;  // rows in one Encode/... message
   int64_t max_inline_training_rows = 1 << 20;
+  // False on serving-only replicas: Train gets FAILED_PRECONDITION.
+  bool accept_training = true;
 };
 
 class SaeService final : public v1::SparseAutoencoderService::Service {

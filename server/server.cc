@@ -55,7 +55,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
       impl->store.get(), JobManagerOptions{options.max_training_jobs, options.max_queued_jobs});
   impl->service = std::make_unique<SaeService>(
       impl->store.get(), impl->registry.get(), impl->jobs.get(), impl->datasets.get(),
-      ServiceLimits{options.max_rows_per_request, 1 << 20});
+      ServiceLimits{options.max_rows_per_request, 1 << 20, options.accept_training});
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -23,6 +23,7 @@ struct ServerOptions {
   int max_queued_jobs = 8;
   std::chrono::milliseconds reload_interval{1000};
   int rpc_threads = 0;  // gRPC sync server threads (0: gRPC's default)
+  bool accept_training = true;  // false: a serving-only replica
 };
 
 class Server {

@@ -577,6 +577,31 @@ TEST_F(ServiceTest, HotReloadServesVersionsPublishedByAnotherProcess) {
   }
 }
 
+TEST(ServingOnlyReplicaTest, RefusesTrainWithFailedPrecondition) {
+  const std::string root = absl::StrCat(::testing::TempDir(), "/serving_only_", ::getpid());
+  ASSERT_TRUE(RemoveTree(root).ok());
+  ServerOptions options;
+  options.listen_address = "127.0.0.1:0";
+  options.store_root = root + "/models";
+  options.accept_training = false;
+  auto server = Server::Start(options);
+  ASSERT_TRUE(server.ok());
+  auto stub = SparseAutoencoderService::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
+  v1::TrainRequest r;
+  r.set_model_name("m");
+  r.mutable_config()->set_d_in(2);
+  r.mutable_config()->set_d_hidden(2);
+  SetTensor(Data(4, 2, 1), r.mutable_inline_data());
+  grpc::ClientContext ctx;
+  v1::TrainResponse out;
+  grpc::Status s = stub->Train(&ctx, r, &out);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(s.error_message().find("trainer"), std::string::npos);
+  server->reset();
+  RemoveTree(root).IgnoreError();
+}
+
 // The real binary: start, train through a job, watch, serve, SIGTERM.
 TEST(ServerBinaryTest, TrainsServesAndShutsDownOnSigterm) {
   const std::string root = absl::StrCat(::testing::TempDir(), "/binary_", ::getpid());

@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Parses deploy/k8s/*.yaml and checks the fields the deployment relies on.
+
+Exits non-zero, naming every problem, when a manifest does not parse or lacks
+a required field. Needs python3-yaml.
+"""
+import glob
+import os
+import re
+import sys
+
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+problems = []
+
+
+def need(cond, what):
+    if not cond:
+        problems.append(what)
+
+
+def container(doc):
+    return doc["spec"]["template"]["spec"]["containers"][0]
+
+
+docs = {}
+for path in sorted(glob.glob(os.path.join(HERE, "k8s", "*.yaml"))):
+    with open(path) as f:
+        for doc in yaml.safe_load_all(f):
+            if doc and "kind" in doc and doc["kind"] != "Kustomization":
+                docs[(doc["kind"], doc["metadata"]["name"])] = doc
+
+with open(os.path.join(HERE, "Dockerfile")) as f:
+    grace = int(re.search(r"--shutdown_grace_s=(\d+)", f.read()).group(1))
+
+server = docs.get(("Deployment", "sae-server"))
+need(server is not None, "Deployment sae-server is missing")
+if server:
+    need(server["spec"]["replicas"] >= 2, "sae-server needs at least 2 replicas")
+    c = container(server)
+    for probe in ("readinessProbe", "livenessProbe"):
+        need(c.get(probe, {}).get("grpc", {}).get("port") == 50051, f"sae-server {probe} must be gRPC on 50051")
+    for kind in ("requests", "limits"):
+        need({"cpu", "memory"} <= set(c.get("resources", {}).get(kind, {})), f"sae-server resources.{kind} needs cpu and memory")
+    tgps = server["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+    need(tgps > grace, f"terminationGracePeriodSeconds ({tgps}) must exceed the server's shutdown grace ({grace})")
+    need("--accept_training=false" in c.get("args", []), "serving replicas should not train")
+    mounts = [m["mountPath"] for m in c.get("volumeMounts", [])]
+    need("/var/lib/sae" in mounts, "sae-server must mount the store at /var/lib/sae")
+
+svc = docs.get(("Service", "sae-server"))
+need(svc is not None and svc["spec"].get("clusterIP") == "None", "Service sae-server must be headless (clusterIP: None)")
+
+trainer = docs.get(("Deployment", "sae-trainer"))
+need(trainer is not None, "Deployment sae-trainer is missing")
+if trainer:
+    need("--accept_training=true" in container(trainer).get("args", []), "sae-trainer must accept training")
+
+pvc = docs.get(("PersistentVolumeClaim", "sae-store"))
+need(pvc is not None and "ReadWriteMany" in pvc["spec"]["accessModes"], "PVC sae-store must be ReadWriteMany")
+for name in ("sae-server", "sae-trainer"):
+    d = docs.get(("Deployment", name))
+    if d:
+        claims = [v.get("persistentVolumeClaim", {}).get("claimName") for v in d["spec"]["template"]["spec"]["volumes"]]
+        need("sae-store" in claims, f"{name} must use the sae-store claim")
+
+job = docs.get(("Job", "sae-denoise-batch"))
+need(job is not None, "Job sae-denoise-batch is missing")
+if job:
+    need(container(job)["image"].startswith("sae-client"), "the batch Job must use the client image")
+    need(job["spec"]["template"]["spec"].get("restartPolicy") in ("Never", "OnFailure"), "Job restartPolicy")
+
+if problems:
+    for p in problems:
+        print(f"k8s: {p}", file=sys.stderr)
+    sys.exit(1)
+print(f"k8s: {len(docs)} objects parsed, required fields present")

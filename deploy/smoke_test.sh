@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Builds the images from deploy/Dockerfile exactly as `docker build` would,
+# with buildah (no Docker engine or registry is needed), runs the server
+# image, and calls it from the host with sae_client: health, train a tiny
+# model, denoise. Then checks the Kubernetes manifests.
+#
+# Base images are made locally when missing: debootstrap --variant=minbase
+# bookworm, imported with buildah and tagged as debian:bookworm and
+# debian:bookworm-slim.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN="${SAE_BUILD_DIR:-$ROOT/build}/bin"
+MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+export STORAGE_DRIVER=vfs
+BUILDAH=(buildah --storage-driver vfs)
+
+missing=()
+for p in buildah debootstrap python3-yaml; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+echo "=== Kubernetes manifests"
+python3 "$ROOT/deploy/check_k8s.py"
+
+if ! "${BUILDAH[@]}" inspect --type image docker.io/library/debian:bookworm-slim > /dev/null 2>&1; then
+  echo "=== making the debian:bookworm base image with debootstrap"
+  ROOTFS="$(mktemp -d)"
+  debootstrap --variant=minbase bookworm "$ROOTFS" "$MIRROR" > /tmp/sae-debootstrap.log 2>&1 \
+    || { tail -20 /tmp/sae-debootstrap.log; exit 1; }
+  rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb
+  CTR="$("${BUILDAH[@]}" from scratch)"
+  MNT="$("${BUILDAH[@]}" mount "$CTR")"
+  cp -a "$ROOTFS"/. "$MNT"/
+  "${BUILDAH[@]}" umount "$CTR" > /dev/null
+  "${BUILDAH[@]}" config --cmd /bin/bash --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$CTR"
+  "${BUILDAH[@]}" commit -q "$CTR" docker.io/library/debian:bookworm > /dev/null
+  "${BUILDAH[@]}" tag docker.io/library/debian:bookworm docker.io/library/debian:bookworm-slim
+  "${BUILDAH[@]}" rm "$CTR" > /dev/null
+  rm -rf "$ROOTFS"
+fi
+
+echo "=== building the server and client images from deploy/Dockerfile"
+cd "$ROOT"
+BUD=("${BUILDAH[@]}" bud --isolation chroot --pull=never --layers=false -f deploy/Dockerfile)
+"${BUD[@]}" --target server -t sae-server:latest . > /tmp/sae-image-build.log 2>&1 \
+  || { tail -40 /tmp/sae-image-build.log; exit 1; }
+"${BUD[@]}" --target client -t sae-client:latest . >> /tmp/sae-image-build.log 2>&1 \
+  || { tail -40 /tmp/sae-image-build.log; exit 1; }
+"${BUILDAH[@]}" images | grep -E "sae-(server|client)"
+
+echo "=== running the server image"
+PORT="${SMOKE_PORT:-$(( 20000 + RANDOM % 20000 ))}"
+CTR="$("${BUILDAH[@]}" from sae-server:latest)"
+cleanup() {
+  [[ -n "${RUN_PID:-}" ]] && kill "$RUN_PID" 2> /dev/null && wait "$RUN_PID" 2> /dev/null
+  "${BUILDAH[@]}" rm "$CTR" > /dev/null 2>&1 || true
+}
+trap cleanup EXIT
+# The image's own user and entrypoint, with a loopback port for the test.
+"${BUILDAH[@]}" run --isolation chroot --network host --user sae "$CTR" -- \
+  /usr/local/bin/sae_server --listen="127.0.0.1:$PORT" --store=/var/lib/sae/models \
+  --datasets=/var/lib/sae/datasets > /tmp/sae-smoke-server.log 2>&1 &
+RUN_PID=$!
+C=("$BIN/sae_client" "--server=127.0.0.1:$PORT" "--timeout_s=30")
+for _ in $(seq 100); do "${C[@]}" --timeout_s=1 health > /dev/null 2>&1 && break; sleep 0.3; done
+"${C[@]}" health
+"${C[@]}" train --model=smoke --data="$ROOT/data/mnist-2500-images-u8.npy" --rows=0:300 \
+  --d_hidden=32 --epochs=2 --batch_size=64 --corruption=gaussian --noise_sigma=0.3 --noise_clip \
+  --clip_output --watch
+"${C[@]}" denoise --model=smoke --input="$ROOT/data/mnist-2500-images-u8.npy" --rows=300:400 \
+  --add_noise=0.3 --output=/tmp/sae-smoke-denoised.npy
+# The client image's own binary runs too.
+CCTR="$("${BUILDAH[@]}" from sae-client:latest)"
+"${BUILDAH[@]}" run --isolation chroot --network host "$CCTR" -- \
+  /usr/local/bin/sae_client --server="127.0.0.1:$PORT" models list
+"${BUILDAH[@]}" rm "$CCTR" > /dev/null
+echo "container smoke test: passed"
