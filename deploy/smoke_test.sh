@@ -46,7 +46,8 @@ fi
 
 echo "=== building the server and client images from deploy/Dockerfile"
 cd "$ROOT"
-BUD=("${BUILDAH[@]}" bud --isolation chroot --pull=never --layers=false -f deploy/Dockerfile)
+# --layers: the client target reuses the build stage cached by the server build.
+BUD=("${BUILDAH[@]}" bud --isolation chroot --pull=never --layers=true -f deploy/Dockerfile)
 "${BUD[@]}" --target server -t sae-server:latest . > /tmp/sae-image-build.log 2>&1 \
   || { tail -40 /tmp/sae-image-build.log; exit 1; }
 "${BUD[@]}" --target client -t sae-client:latest . >> /tmp/sae-image-build.log 2>&1 \
@@ -57,8 +58,13 @@ echo "=== running the server image"
 PORT="${SMOKE_PORT:-$(( 20000 + RANDOM % 20000 ))}"
 CTR="$("${BUILDAH[@]}" from sae-server:latest)"
 cleanup() {
-  [[ -n "${RUN_PID:-}" ]] && kill "$RUN_PID" 2> /dev/null && wait "$RUN_PID" 2> /dev/null
-  "${BUILDAH[@]}" rm "$CTR" > /dev/null 2>&1 || true
+  set +e
+  if [[ -n "${RUN_PID:-}" ]]; then
+    kill "$RUN_PID" 2> /dev/null
+    wait "$RUN_PID" 2> /dev/null
+  fi
+  "${BUILDAH[@]}" rm "$CTR" > /dev/null 2>&1
+  return 0
 }
 trap cleanup EXIT
 # The image's own user and entrypoint, with a loopback port for the test.
@@ -79,4 +85,6 @@ CCTR="$("${BUILDAH[@]}" from sae-client:latest)"
 "${BUILDAH[@]}" run --isolation chroot --network host "$CCTR" -- \
   /usr/local/bin/sae_client --server="127.0.0.1:$PORT" models list
 "${BUILDAH[@]}" rm "$CCTR" > /dev/null
+trap - EXIT
+cleanup
 echo "container smoke test: passed"

@@ -38,4 +38,8 @@ fi
 
 if [[ "${SAE_SKIP_BUILD:-0}" == 1 ]]; then exit 0; fi
 cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="${SAE_BUILD_TYPE:-Release}" ${SAE_CMAKE_ARGS:-}
-cmake --build "$BUILD_DIR" -j"${SAE_JOBS:-2}"
+# SAE_BUILD_TARGETS limits the build (the container image builds only the
+# two binaries it ships).
+TARGETS=()
+for t in ${SAE_BUILD_TARGETS:-}; do TARGETS+=(--target "$t"); done
+cmake --build "$BUILD_DIR" -j"${SAE_JOBS:-2}" "${TARGETS[@]}"

@@ -1,0 +1,93 @@
+// Dynamic batching: concurrent Encode, Reconstruct and Denoise requests for
+// the same model version are merged into one matrix product and split back,
+// as TF Serving's and Triton's batchers do. A one-row request costs about
+// as much as a 16-row one (reading the weights dominates), so merging turns
+// many small calls into few products.
+//
+// No extra threads: the first request to find a queue idle becomes its
+// leader, waits up to max_queue_delay for company (or until max_batch_rows
+// are queued), runs the product for the rows queued so far, and hands the
+// results back; when its own rows are done it passes leadership on. With a
+// delay of 0 batches form from the requests that queue while a product runs.
+//
+// A request's deadline and cancellation still hold in the queue: it leaves
+// with DEADLINE_EXCEEDED or CANCELLED if its rows were not taken yet. A full
+// queue is RESOURCE_EXHAUSTED. Results equal unbatched ones within float
+// rounding (a batched product may sum in another order than a one-row one).
+//
+// Thread-safe.
+#ifndef SAE_SERVER_BATCHER_H_
+#define SAE_SERVER_BATCHER_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "core/model.h"
+
+namespace sae::server {
+
+struct BatchingOptions {
+  bool enabled = true;
+  int64_t max_batch_rows = 256;    // rows merged into one product
+  int64_t max_queue_delay_us = 0;  // how long a leader waits for company
+  int64_t max_queued_rows = 16384; // beyond: RESOURCE_EXHAUSTED
+};
+
+// Parses "name=off" or "name=ROWS:DELAY_US" items, comma-separated, into
+// per-model settings on top of `defaults`. INVALID_ARGUMENT naming the item.
+absl::StatusOr<std::map<std::string, BatchingOptions>> ParseBatchingOverrides(
+    const std::string& text, const BatchingOptions& defaults);
+
+enum class BatchOp { kEncode, kReconstruct, kDenoise };
+
+struct BatchStats {
+  int64_t batches = 0;
+  int64_t rows = 0;
+  int64_t requests = 0;
+};
+
+class Batcher {
+ public:
+  Batcher(BatchingOptions defaults, std::map<std::string, BatchingOptions> per_model);
+
+  // Computes `op` of `model` on `x` into `out` (resized to fit).
+  // `model_name` selects per-model settings. `cancelled` is polled while
+  // waiting in the queue.
+  absl::Status Run(const std::string& model_name, const std::shared_ptr<const Model>& model,
+                   BatchOp op, ConstMatrixRef x, absl::Time deadline,
+                   const std::function<bool()>& cancelled, RowMatrix* out);
+
+  BatchStats stats() const;
+  // Observer of every product run (batch rows, microseconds the oldest
+  // request waited); for metrics. Set before serving starts.
+  void set_observer(std::function<void(int64_t rows, double queue_us)> observer) {
+    observer_ = std::move(observer);
+  }
+
+ private:
+  struct Item;
+  struct Queue;
+  const BatchingOptions& OptionsFor(const std::string& model_name) const;
+  void Lead(Queue* q, const BatchingOptions& options, Item* own) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static absl::Status Compute(const Model& model, BatchOp op, ConstMatrixRef x, RowMatrix* out);
+
+  const BatchingOptions defaults_;
+  const std::map<std::string, BatchingOptions> per_model_;
+  std::function<void(int64_t, double)> observer_;
+  mutable absl::Mutex mu_;
+  std::map<std::pair<const Model*, BatchOp>, std::unique_ptr<Queue>> queues_ ABSL_GUARDED_BY(mu_);
+  BatchStats stats_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace sae::server
+
+#endif  // SAE_SERVER_BATCHER_H_
