@@ -59,6 +59,8 @@ absl::StatusOr<std::map<std::string, BatchingOptions>> ParseBatchingOverrides(
 Batcher::Batcher(BatchingOptions defaults, std::map<std::string, BatchingOptions> per_model)
     : defaults_(defaults), per_model_(std::move(per_model)) {}
 
+Batcher::~Batcher() = default;
+
 const BatchingOptions& Batcher::OptionsFor(const std::string& model_name) const {
   auto it = per_model_.find(model_name);
   return it == per_model_.end() ? defaults_ : it->second;

@@ -58,6 +58,7 @@ struct BatchStats {
 class Batcher {
  public:
   Batcher(BatchingOptions defaults, std::map<std::string, BatchingOptions> per_model);
+  ~Batcher();
 
   // Computes `op` of `model` on `x` into `out` (resized to fit).
   // `model_name` selects per-model settings. `cancelled` is polled while

@@ -35,6 +35,15 @@ ABSL_FLAG(int, reload_interval_ms, 1000,
 ABSL_FLAG(bool, accept_training, true,
           "accept Train calls; false makes a serving-only replica (Train gets FAILED_PRECONDITION), "
           "for deployments with a separate trainer");
+ABSL_FLAG(bool, batching, true,
+          "merge concurrent Encode/Reconstruct/Denoise calls for one model version into one product");
+ABSL_FLAG(int64_t, batch_max_rows, 256, "most rows merged into one batched product");
+ABSL_FLAG(int64_t, batch_max_delay_us, 0,
+          "how long a batch waits for more calls (0: batch only what queued during the last product)");
+ABSL_FLAG(int64_t, batch_max_queued_rows, 16384,
+          "rows that may wait for batching per model; beyond, calls get RESOURCE_EXHAUSTED");
+ABSL_FLAG(std::string, batch_models, "",
+          "per-model batching: NAME=off or NAME=MAX_ROWS:DELAY_US, comma-separated");
 ABSL_FLAG(int, shutdown_grace_s, 10,
           "on SIGTERM/SIGINT: seconds in-flight calls get to finish");
 
@@ -65,6 +74,11 @@ int main(int argc, char** argv) {
   options.reload_interval = std::chrono::milliseconds(absl::GetFlag(FLAGS_reload_interval_ms));
   options.rpc_threads = absl::GetFlag(FLAGS_rpc_threads);
   options.accept_training = absl::GetFlag(FLAGS_accept_training);
+  options.batching = absl::GetFlag(FLAGS_batching);
+  options.batch_max_rows = absl::GetFlag(FLAGS_batch_max_rows);
+  options.batch_max_delay_us = absl::GetFlag(FLAGS_batch_max_delay_us);
+  options.batch_max_queued_rows = absl::GetFlag(FLAGS_batch_max_queued_rows);
+  options.batch_model_overrides = absl::GetFlag(FLAGS_batch_models);
   if (absl::GetFlag(FLAGS_compute_threads) < 0 || absl::GetFlag(FLAGS_shutdown_grace_s) < 0 ||
       absl::GetFlag(FLAGS_reload_interval_ms) < 0) {
     std::fprintf(stderr, "sae_server: --compute_threads, --shutdown_grace_s and "

@@ -201,8 +201,36 @@ std::string TempDir(const std::string& root) {
 }  // namespace
 
 SaeService::SaeService(ModelStore* store, ModelRegistry* registry, TrainingJobManager* jobs,
-                       DatasetStore* datasets, ServiceLimits limits)
-    : store_(store), registry_(registry), jobs_(jobs), datasets_(datasets), limits_(limits) {}
+                       DatasetStore* datasets, Batcher* batcher, ServiceLimits limits)
+    : store_(store), registry_(registry), jobs_(jobs), datasets_(datasets), batcher_(batcher),
+      limits_(limits) {}
+
+absl::Status SaeService::Compute(const std::string& model_name, const ServedModel& served,
+                                 BatchOp op, ConstMatrixRef x, const CallInfo& call,
+                                 RowMatrix* out) {
+  if (batcher_ != nullptr) {
+    return batcher_->Run(model_name, served.model, op, x, call.deadline, call.cancelled, out);
+  }
+  const Model& m = *served.model;
+  out->resize(x.rows(), op == BatchOp::kEncode ? m.d_hidden() : m.d_in());
+  switch (op) {
+    case BatchOp::kEncode: return m.Encode(x, *out);
+    case BatchOp::kReconstruct: return m.Reconstruct(x, *out);
+    case BatchOp::kDenoise: return m.Denoise(x, *out);
+  }
+  return absl::InternalError("unknown operation");
+}
+
+namespace {
+
+CallInfo InfoOf(grpc::ServerContext* context) {
+  CallInfo info;
+  info.deadline = absl::FromChrono(context->deadline());
+  info.cancelled = [context] { return context->IsCancelled(); };
+  return info;
+}
+
+}  // namespace
 
 // ---- training ----------------------------------------------------------
 
@@ -354,7 +382,8 @@ grpc::Status SaeService::DeleteDataset(grpc::ServerContext*, const v1::DeleteDat
 
 // ---- inference ---------------------------------------------------------
 
-absl::Status SaeService::DoEncode(const v1::EncodeRequest& request, v1::EncodeResponse* response) {
+absl::Status SaeService::DoEncode(const v1::EncodeRequest& request, v1::EncodeResponse* response,
+                                  const CallInfo& call) {
   absl::StatusOr<ModelRef> ref = FromProto(request.model(), "model");
   if (!ref.ok()) return ref.status();
   if (request.top_n() < 0) return Invalid("top_n", "must be >= 0");
@@ -376,9 +405,11 @@ absl::Status SaeService::DoEncode(const v1::EncodeRequest& request, v1::EncodeRe
     s->mutable_values()->Add(codes->values.begin(), codes->values.end());
     return absl::OkStatus();
   }
-  absl::StatusOr<RowMatrix> codes = model.Encode(*x);
-  if (!codes.ok()) return codes.status();
-  FillTensor(*codes, request.raw_output(), response->mutable_dense());
+  RowMatrix codes;
+  if (absl::Status s = Compute(ref->name, *served, BatchOp::kEncode, *x, call, &codes); !s.ok()) {
+    return s;
+  }
+  FillTensor(codes, request.raw_output(), response->mutable_dense());
   return absl::OkStatus();
 }
 
@@ -398,7 +429,7 @@ absl::Status SaeService::DoDecode(const v1::DecodeRequest& request, v1::DecodeRe
 }
 
 absl::Status SaeService::DoReconstruct(const v1::ReconstructRequest& request,
-                                       v1::ReconstructResponse* response) {
+                                       v1::ReconstructResponse* response, const CallInfo& call) {
   absl::StatusOr<ModelRef> ref = FromProto(request.model(), "model");
   if (!ref.ok()) return ref.status();
   absl::StatusOr<ServedModel> served = registry_->Get(*ref);
@@ -406,17 +437,20 @@ absl::Status SaeService::DoReconstruct(const v1::ReconstructRequest& request,
   absl::StatusOr<ConstMatrixMap> x = ViewTensor(
       request.input(), "input", {served->model->d_in(), limits_.max_rows_per_request});
   if (!x.ok()) return x.status();
-  absl::StatusOr<RowMatrix> out = served->model->Reconstruct(*x);
-  if (!out.ok()) return out.status();
-  FillTensor(*out, request.raw_output(), response->mutable_output());
-  for (Eigen::Index r = 0; r < out->rows(); ++r) {
-    response->add_row_mse((out->row(r) - x->row(r)).squaredNorm() / static_cast<float>(out->cols()));
+  RowMatrix out;
+  if (absl::Status s = Compute(ref->name, *served, BatchOp::kReconstruct, *x, call, &out); !s.ok()) {
+    return s;
+  }
+  FillTensor(out, request.raw_output(), response->mutable_output());
+  for (Eigen::Index r = 0; r < out.rows(); ++r) {
+    response->add_row_mse((out.row(r) - x->row(r)).squaredNorm() / static_cast<float>(out.cols()));
   }
   response->set_model_version(served->version);
   return absl::OkStatus();
 }
 
-absl::Status SaeService::DoDenoise(const v1::DenoiseRequest& request, v1::DenoiseResponse* response) {
+absl::Status SaeService::DoDenoise(const v1::DenoiseRequest& request, v1::DenoiseResponse* response,
+                                   const CallInfo& call) {
   absl::StatusOr<ModelRef> ref = FromProto(request.model(), "model");
   if (!ref.ok()) return ref.status();
   absl::StatusOr<ServedModel> served = registry_->Get(*ref);
@@ -424,9 +458,11 @@ absl::Status SaeService::DoDenoise(const v1::DenoiseRequest& request, v1::Denois
   absl::StatusOr<ConstMatrixMap> x = ViewTensor(
       request.input(), "input", {served->model->d_in(), limits_.max_rows_per_request});
   if (!x.ok()) return x.status();
-  absl::StatusOr<RowMatrix> out = served->model->Denoise(*x);
-  if (!out.ok()) return out.status();
-  FillTensor(*out, request.raw_output(), response->mutable_output());
+  RowMatrix out;
+  if (absl::Status s = Compute(ref->name, *served, BatchOp::kDenoise, *x, call, &out); !s.ok()) {
+    return s;
+  }
+  FillTensor(out, request.raw_output(), response->mutable_output());
   response->set_model_version(served->version);
   return absl::OkStatus();
 }
@@ -434,7 +470,7 @@ absl::Status SaeService::DoDenoise(const v1::DenoiseRequest& request, v1::Denois
 grpc::Status SaeService::Encode(grpc::ServerContext* context, const v1::EncodeRequest* request,
                                 v1::EncodeResponse* response) {
   if (absl::Status s = CheckContext(context); !s.ok()) return ToGrpcStatus(s);
-  return ToGrpcStatus(DoEncode(*request, response));
+  return ToGrpcStatus(DoEncode(*request, response, InfoOf(context)));
 }
 
 grpc::Status SaeService::Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
@@ -447,13 +483,13 @@ grpc::Status SaeService::Reconstruct(grpc::ServerContext* context,
                                      const v1::ReconstructRequest* request,
                                      v1::ReconstructResponse* response) {
   if (absl::Status s = CheckContext(context); !s.ok()) return ToGrpcStatus(s);
-  return ToGrpcStatus(DoReconstruct(*request, response));
+  return ToGrpcStatus(DoReconstruct(*request, response, InfoOf(context)));
 }
 
 grpc::Status SaeService::Denoise(grpc::ServerContext* context, const v1::DenoiseRequest* request,
                                  v1::DenoiseResponse* response) {
   if (absl::Status s = CheckContext(context); !s.ok()) return ToGrpcStatus(s);
-  return ToGrpcStatus(DoDenoise(*request, response));
+  return ToGrpcStatus(DoDenoise(*request, response, InfoOf(context)));
 }
 
 namespace {

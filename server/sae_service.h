@@ -5,8 +5,12 @@
 #define SAE_SERVER_SAE_SERVICE_H_
 
 #include <cstdint>
+#include <functional>
+
+#include "absl/time/time.h"
 
 #include "sae/v1/sae.grpc.pb.h"
+#include "server/batcher.h"
 #include "server/dataset_store.h"
 #include "server/model_registry.h"
 #include "server/training_jobs.h"
@@ -20,11 +24,18 @@ struct ServiceLimits {
   bool accept_training = true;
 };
 
+// The deadline and cancellation of one call, for work that waits.
+struct CallInfo {
+  absl::Time deadline = absl::InfiniteFuture();
+  std::function<bool()> cancelled;
+};
+
 class SaeService final : public v1::SparseAutoencoderService::Service {
  public:
   // Every pointer must outlive the service.
+  // `batcher` may be null (no batching).
   SaeService(ModelStore* store, ModelRegistry* registry, TrainingJobManager* jobs,
-             DatasetStore* datasets, ServiceLimits limits);
+             DatasetStore* datasets, Batcher* batcher, ServiceLimits limits);
 
   grpc::Status Train(grpc::ServerContext*, const v1::TrainRequest*, v1::TrainResponse*) override;
   grpc::Status GetTrainingJob(grpc::ServerContext*, const v1::GetTrainingJobRequest*,
@@ -72,11 +83,15 @@ class SaeService final : public v1::SparseAutoencoderService::Service {
 
   // The handlers' logic without a ServerContext, for the unary calls and
   // the streams alike (and for fuzzing the validation).
-  absl::Status DoEncode(const v1::EncodeRequest& request, v1::EncodeResponse* response);
+  // `call` gives the deadline and cancellation that hold while a request
+  // waits for a batch.
+  absl::Status DoEncode(const v1::EncodeRequest& request, v1::EncodeResponse* response,
+                        const CallInfo& call = {});
   absl::Status DoDecode(const v1::DecodeRequest& request, v1::DecodeResponse* response);
   absl::Status DoReconstruct(const v1::ReconstructRequest& request,
-                             v1::ReconstructResponse* response);
-  absl::Status DoDenoise(const v1::DenoiseRequest& request, v1::DenoiseResponse* response);
+                             v1::ReconstructResponse* response, const CallInfo& call = {});
+  absl::Status DoDenoise(const v1::DenoiseRequest& request, v1::DenoiseResponse* response,
+                         const CallInfo& call = {});
   absl::Status DoTrain(const v1::TrainRequest& request, v1::TrainResponse* response);
 
  private:
@@ -84,7 +99,12 @@ class SaeService final : public v1::SparseAutoencoderService::Service {
   ModelRegistry* const registry_;
   TrainingJobManager* const jobs_;
   DatasetStore* const datasets_;
+  Batcher* const batcher_;
   const ServiceLimits limits_;
+
+  // Runs `op` through the batcher when there is one, directly otherwise.
+  absl::Status Compute(const std::string& model_name, const ServedModel& served, BatchOp op,
+                       ConstMatrixRef x, const CallInfo& call, RowMatrix* out);
 };
 
 }  // namespace sae::server

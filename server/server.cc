@@ -5,6 +5,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "server/batcher.h"
 #include "server/dataset_store.h"
 #include "server/log.h"
 #include "server/model_registry.h"
@@ -18,6 +19,7 @@ struct Server::Impl {
   std::unique_ptr<DatasetStore> datasets;
   std::unique_ptr<ModelRegistry> registry;
   std::unique_ptr<TrainingJobManager> jobs;
+  std::unique_ptr<Batcher> batcher;
   std::unique_ptr<SaeService> service;
   std::unique_ptr<grpc::Server> grpc_server;
   int port = 0;
@@ -53,9 +55,20 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   impl->registry = std::make_unique<ModelRegistry>(impl->store.get(), options.reload_interval);
   impl->jobs = std::make_unique<TrainingJobManager>(
       impl->store.get(), JobManagerOptions{options.max_training_jobs, options.max_queued_jobs});
+  BatchingOptions batching{options.batching, options.batch_max_rows, options.batch_max_delay_us,
+                           options.batch_max_queued_rows};
+  if (batching.max_batch_rows < 1 || batching.max_queue_delay_us < 0 ||
+      batching.max_queued_rows < batching.max_batch_rows) {
+    return absl::InvalidArgumentError(
+        "batching: need max_rows >= 1, max_delay_us >= 0, max_queued_rows >= max_rows");
+  }
+  absl::StatusOr<std::map<std::string, BatchingOptions>> overrides =
+      ParseBatchingOverrides(options.batch_model_overrides, batching);
+  if (!overrides.ok()) return overrides.status();
+  impl->batcher = std::make_unique<Batcher>(batching, std::move(*overrides));
   impl->service = std::make_unique<SaeService>(
       impl->store.get(), impl->registry.get(), impl->jobs.get(), impl->datasets.get(),
-      ServiceLimits{options.max_rows_per_request, 1 << 20, options.accept_training});
+      impl->batcher.get(), ServiceLimits{options.max_rows_per_request, 1 << 20, options.accept_training});
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

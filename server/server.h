@@ -24,6 +24,13 @@ struct ServerOptions {
   std::chrono::milliseconds reload_interval{1000};
   int rpc_threads = 0;  // gRPC sync server threads (0: gRPC's default)
   bool accept_training = true;  // false: a serving-only replica
+  // Dynamic batching of Encode/Reconstruct/Denoise (defaults, and per-model
+  // overrides "name=off" or "name=ROWS:DELAY_US", comma-separated).
+  bool batching = true;
+  int64_t batch_max_rows = 256;
+  int64_t batch_max_delay_us = 0;
+  int64_t batch_max_queued_rows = 16384;
+  std::string batch_model_overrides;
 };
 
 class Server {

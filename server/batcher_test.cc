@@ -1,0 +1,126 @@
+#include "server/batcher.h"
+
+#include <atomic>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace sae::server {
+namespace {
+
+std::shared_ptr<const Model> TestModel() {
+  ModelConfig c = DefaultConfig(64, 256, Activation::kRelu);
+  ModelWeights w = InitialWeights(c, 3);
+  w.b_enc.setConstant(0.05f);
+  return *Model::Create(c, w);
+}
+
+RowMatrix Rows(int64_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d;
+  RowMatrix m(n, 64);
+  for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = d(rng);
+  return m;
+}
+
+TEST(BatcherTest, ConcurrentCallsAreMergedAndMatchUnbatchedResults) {
+  auto model = TestModel();
+  Batcher batcher(BatchingOptions{true, 256, 2000, 16384}, {});
+  constexpr int kThreads = 16, kCalls = 40;
+  std::vector<RowMatrix> inputs, want;
+  for (int t = 0; t < kThreads; ++t) {
+    inputs.push_back(Rows(1 + t % 3, t));
+    want.push_back(*model->Reconstruct(inputs.back()));
+  }
+  std::atomic<int> mismatches{0}, failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      RowMatrix out;
+      for (int i = 0; i < kCalls; ++i) {
+        absl::Status s = batcher.Run("m", model, BatchOp::kReconstruct, inputs[t],
+                                     absl::InfiniteFuture(), nullptr, &out);
+        if (!s.ok()) ++failures;
+        // Within float rounding of the unbatched result.
+        if (!s.ok() || (out - want[t]).cwiseAbs().maxCoeff() > 1e-4f * (1 + want[t].cwiseAbs().maxCoeff())) {
+          ++mismatches;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures, 0);
+  EXPECT_EQ(mismatches, 0);
+  const BatchStats stats = batcher.stats();
+  EXPECT_EQ(stats.requests, kThreads * kCalls);
+  EXPECT_LT(stats.batches, stats.requests / 2) << "calls were not merged";
+}
+
+TEST(BatcherTest, EncodeAndDenoiseThroughTheBatcher) {
+  auto model = TestModel();
+  Batcher batcher(BatchingOptions{}, {});
+  const RowMatrix x = Rows(3, 9);
+  RowMatrix codes, clean;
+  ASSERT_TRUE(batcher.Run("m", model, BatchOp::kEncode, x, absl::InfiniteFuture(), nullptr, &codes).ok());
+  EXPECT_LT((codes - *model->Encode(x)).cwiseAbs().maxCoeff(), 1e-5f);
+  ASSERT_TRUE(batcher.Run("m", model, BatchOp::kDenoise, x, absl::InfiniteFuture(), nullptr, &clean).ok());
+  EXPECT_EQ(clean.cols(), 64);
+  RowMatrix bad(2, 63);
+  EXPECT_EQ(batcher.Run("m", model, BatchOp::kEncode, bad, absl::InfiniteFuture(), nullptr, &codes).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// A leader that waits long for company keeps later requests queued: their
+// deadline and cancellation still apply, and the queue has a bound.
+TEST(BatcherTest, DeadlineCancellationAndQueueLimitHoldWhileQueued) {
+  auto model = TestModel();
+  Batcher batcher(BatchingOptions{true, 1000, 300000, 6}, {});
+  const RowMatrix x = Rows(2, 1);
+  RowMatrix leader_out;
+  std::thread leader([&] {
+    EXPECT_TRUE(batcher.Run("m", model, BatchOp::kEncode, x, absl::InfiniteFuture(), nullptr, &leader_out).ok());
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));  // the leader is waiting now
+  RowMatrix out;
+  const absl::Time start = absl::Now();
+  absl::Status late = batcher.Run("m", model, BatchOp::kEncode, x, absl::Now() + absl::Milliseconds(40),
+                                  nullptr, &out);
+  EXPECT_EQ(late.code(), absl::StatusCode::kDeadlineExceeded) << late;
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(200));
+  std::atomic<bool> cancel{false};
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    cancel = true;
+  });
+  absl::Status cancelled = batcher.Run("m", model, BatchOp::kEncode, x, absl::InfiniteFuture(),
+                                       [&] { return cancel.load(); }, &out);
+  canceller.join();
+  EXPECT_EQ(cancelled.code(), absl::StatusCode::kCancelled);
+  const RowMatrix big = Rows(5, 2);  // 2 queued + 5 > 6
+  EXPECT_EQ(batcher.Run("m", model, BatchOp::kEncode, big, absl::InfiniteFuture(), nullptr, &out).code(),
+            absl::StatusCode::kResourceExhausted);
+  leader.join();
+  EXPECT_EQ(leader_out.rows(), 2);
+}
+
+TEST(BatcherTest, DisabledPerModel) {
+  auto model = TestModel();
+  auto overrides = ParseBatchingOverrides("m=off,other=64:100", BatchingOptions{});
+  ASSERT_TRUE(overrides.ok());
+  EXPECT_FALSE(overrides->at("m").enabled);
+  EXPECT_EQ(overrides->at("other").max_batch_rows, 64);
+  EXPECT_EQ(overrides->at("other").max_queue_delay_us, 100);
+  EXPECT_FALSE(ParseBatchingOverrides("m=fast", BatchingOptions{}).ok());
+  EXPECT_FALSE(ParseBatchingOverrides("=off", BatchingOptions{}).ok());
+  Batcher batcher(BatchingOptions{}, *overrides);
+  RowMatrix out;
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(batcher.Run("m", model, BatchOp::kEncode, Rows(1, i), absl::InfiniteFuture(), nullptr, &out).ok());
+  }
+  EXPECT_EQ(batcher.stats().batches, 5);
+}
+
+}  // namespace
+}  // namespace sae::server
