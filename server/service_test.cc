@@ -529,14 +529,27 @@ TEST_F(ServiceTest, TrainingQueueLimitIsResourceExhausted) {
   v1::TrainRequest slow = SmallTrainRequest("busy");
   slow.mutable_options()->set_epochs(100000);
   std::vector<std::string> ids;
-  grpc::StatusCode last = grpc::StatusCode::OK;
-  for (int i = 0; i < 5 && last == grpc::StatusCode::OK; ++i) {  // 1 running + 2 queued
-    v1::TrainResponse out;
-    last = stub_->Train(Ctx().get(), slow, &out).error_code();
-    if (last == grpc::StatusCode::OK) ids.push_back(out.job().id());
+  v1::TrainResponse first;
+  ASSERT_TRUE(stub_->Train(Ctx().get(), slow, &first).ok());
+  ids.push_back(first.job().id());
+  // Wait until the one worker runs it; then the queue holds 2 more.
+  v1::GetTrainingJobRequest get;
+  get.set_job_id(first.job().id());
+  v1::GetTrainingJobResponse now;
+  for (int i = 0; i < 500; ++i) {
+    ASSERT_TRUE(stub_->GetTrainingJob(Ctx().get(), get, &now).ok());
+    if (now.job().state() == v1::JOB_STATE_RUNNING) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  EXPECT_EQ(last, grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_GE(ids.size(), 3u);
+  ASSERT_EQ(now.job().state(), v1::JOB_STATE_RUNNING);
+  std::vector<grpc::StatusCode> codes;
+  for (int i = 0; i < 3; ++i) {
+    v1::TrainResponse out;
+    codes.push_back(stub_->Train(Ctx().get(), slow, &out).error_code());
+    if (codes.back() == grpc::StatusCode::OK) ids.push_back(out.job().id());
+  }
+  EXPECT_EQ(codes, (std::vector<grpc::StatusCode>{grpc::StatusCode::OK, grpc::StatusCode::OK,
+                                                   grpc::StatusCode::RESOURCE_EXHAUSTED}));
   for (const std::string& id : ids) {
     v1::CancelTrainingJobRequest c;
     c.set_job_id(id);

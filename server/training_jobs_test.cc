@@ -52,7 +52,7 @@ TEST(TrainingJobsTest, WaitForChangeSeesProgressAndTheFinalState) {
   auto store = ModelStore::Open(root);
   TrainingJobManager jobs(store->get(), JobManagerOptions{1, 4});
   JobSpec spec = LongJob("short");
-  spec.options.epochs = 5;
+  spec.options.epochs = 200;
   absl::StatusOr<JobInfo> job = jobs.Submit(spec);
   ASSERT_TRUE(job.ok());
   int64_t revision = -1;
