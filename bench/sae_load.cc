@@ -1,29 +1,42 @@
-// sae_load: served-load measurements against a sae_server.
+// sae_load: a load generator for sae_server, in the manner of Triton's
+// perf_analyzer and ghz.
 //
-// With --target it calls a running server (which must hold --model);
-// without, it starts an in-process server on a temporary store and
-// publishes a random 784 x 4096 ReLU model there, so one command measures
-// everything. It prints key=value lines:
+// It sweeps client concurrency (1, 2, 4, 8, 16, 32 by default) for one RPC
+// and rows per call, runs each level for --seconds after a warm-up, and
+// prints calls/s, rows/s, p50/p90/p99 latency and errors per status code
+// (--csv writes the table). The health check is measured in the same run as
+// the bare RPC cost, and a training job is run beside Encode to measure its
+// effect on latency.
 //
-//   encode_p50_vs_health_p50     single-row Encode p50 over the health check's
-//                                p50 (the bare RPC cost), same run. Target <= 3.
-//   encode_p99_training_vs_idle  Encode p99 while a training job runs, over
-//                                the idle p99. Target <= 3.
+// With --target it calls a running server (which must hold --model).
+// Without, it starts two in-process servers on one temporary store, with
+// dynamic batching on and off, and publishes a random 784 x 4096 ReLU model,
+// so one command measures everything, batching gain included. It ends with
+// key=value lines:
+//
+//   encode_1row_c16_rows_per_s   single-row Encode, 16 clients, batching on
+//   batching_gain_c32            rows/s with batching over without, 32 clients
+//   encode_p50_vs_health_p50     single-row Encode p50 over health p50, 1 client
+//   encode_p99_training_vs_idle  Encode p99 while a job trains over idle p99
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstring>
-#include <thread>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
+#include <map>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "core/file_util.h"
 #include "core/model_store.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -31,120 +44,180 @@
 #include "sae/v1/sae.grpc.pb.h"
 #include "server/server.h"
 
-ABSL_FLAG(std::string, target, "", "host:port of a running server (empty: start one in-process)");
+ABSL_FLAG(std::string, target, "", "host:port of a running server (empty: start servers in-process)");
+ABSL_FLAG(std::string, target_unbatched, "",
+          "with --target: a server without batching, for batching_gain_c32");
 ABSL_FLAG(std::string, model, "load-test", "model to call (published automatically in-process)");
+ABSL_FLAG(std::string, rpc, "encode", "encode, reconstruct or denoise");
+ABSL_FLAG(int64_t, rows, 1, "rows per call");
+ABSL_FLAG(std::string, concurrency, "1,2,4,8,16,32", "client concurrency levels to sweep");
+ABSL_FLAG(double, seconds, 3.0, "measured seconds per level (after 0.5 s of warm-up)");
 ABSL_FLAG(int64_t, d_in, 784, "input width of the in-process model");
 ABSL_FLAG(int64_t, d_hidden, 4096, "hidden units of the in-process model");
-ABSL_FLAG(int, calls, 2000, "calls per latency measurement");
-ABSL_FLAG(bool, quick, false, "few calls and a small model (a smoke run)");
+ABSL_FLAG(std::string, csv, "", "also write the sweep table to this CSV file");
+ABSL_FLAG(bool, quick, false, "small model, short levels (a smoke run)");
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
+namespace v1 = sae::v1;
 
-struct Latencies {
-  std::vector<double> ms;
-  double Percentile(double p) {
-    std::sort(ms.begin(), ms.end());
-    return ms[std::min(ms.size() - 1, static_cast<size_t>(p * ms.size()))];
-  }
+struct LevelResult {
+  int concurrency = 0;
+  double calls_per_s = 0, rows_per_s = 0, p50 = 0, p90 = 0, p99 = 0;
+  std::map<std::string, int64_t> errors;  // status code name -> count
 };
 
-template <typename Fn>
-Latencies Measure(int calls, Fn fn) {
-  Latencies l;
-  for (int i = 0; i < calls; ++i) {
-    const auto start = Clock::now();
-    if (!fn()) {
-      std::fprintf(stderr, "sae_load: a call failed\n");
-      std::exit(1);
-    }
-    l.ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
-  }
-  return l;
+double Percentile(std::vector<double>& v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("Served-load measurements against sae_server (see the header).");
-  absl::ParseCommandLine(argc, argv);
-  const bool quick = absl::GetFlag(FLAGS_quick);
-  const int calls = quick ? 100 : absl::GetFlag(FLAGS_calls);
-  const int64_t d_in = quick ? 64 : absl::GetFlag(FLAGS_d_in);
-  const int64_t d_hidden = quick ? 256 : absl::GetFlag(FLAGS_d_hidden);
-  const std::string model_name = absl::GetFlag(FLAGS_model);
-
-  std::string target = absl::GetFlag(FLAGS_target);
-  std::unique_ptr<sae::server::Server> server;
-  std::string root;
-  if (target.empty()) {
-    root = absl::StrCat("/tmp/sae_load_", ::getpid());
-    sae::RemoveTree(root).IgnoreError();
-    auto store = sae::ModelStore::Open(root + "/models");
-    sae::ModelConfig c = sae::DefaultConfig(d_in, d_hidden, sae::Activation::kRelu);
-    auto model = sae::Model::Create(c, sae::InitialWeights(c, 1));
-    if (!store.ok() || !model.ok() || !(*store)->Publish(model_name, **model, {}).ok()) {
-      std::fprintf(stderr, "sae_load: cannot prepare the in-process store\n");
-      return 1;
+class Load {
+ public:
+  Load(const std::string& target, const std::string& model, const std::string& rpc, int64_t rows,
+       int64_t d_in)
+      : rpc_(rpc), rows_(rows) {
+    for (int i = 0; i < 4; ++i) {
+      grpc::ChannelArguments args;
+      args.SetInt("sae_load_channel", i);  // distinct channels, distinct connections
+      auto ch = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+      stubs_.push_back(v1::SparseAutoencoderService::NewStub(ch));
+      health_.push_back(grpc::health::v1::Health::NewStub(ch));
     }
-    sae::server::ServerOptions options;
-    options.listen_address = "127.0.0.1:0";
-    options.store_root = root + "/models";
-    auto started = sae::server::Server::Start(options);
-    if (!started.ok()) {
-      std::fprintf(stderr, "sae_load: %s\n", started.status().ToString().c_str());
-      return 1;
+    std::mt19937 rng(1);
+    std::uniform_real_distribution<float> u(0, 1);
+    std::string raw(static_cast<size_t>(rows * d_in) * 4, '\0');
+    for (int64_t i = 0; i < rows * d_in; ++i) {
+      const float v = u(rng);
+      std::memcpy(raw.data() + 4 * i, &v, 4);
     }
-    server = std::move(*started);
-    target = absl::StrCat("127.0.0.1:", server->port());
+    v1::Tensor t;
+    t.add_shape(rows);
+    t.add_shape(d_in);
+    t.set_raw(raw);
+    encode_.mutable_model()->set_name(model);
+    *encode_.mutable_input() = t;
+    encode_.set_raw_output(true);
+    reconstruct_.mutable_model()->set_name(model);
+    *reconstruct_.mutable_input() = t;
+    reconstruct_.set_raw_output(true);
+    denoise_.mutable_model()->set_name(model);
+    *denoise_.mutable_input() = t;
+    denoise_.set_raw_output(true);
   }
-  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
-  auto stub = sae::v1::SparseAutoencoderService::NewStub(channel);
-  auto health = grpc::health::v1::Health::NewStub(channel);
 
-  std::mt19937 rng(1);
-  std::uniform_real_distribution<float> u(0, 1);
-  sae::v1::EncodeRequest encode;
-  encode.mutable_model()->set_name(model_name);
-  encode.mutable_input()->add_shape(1);
-  encode.mutable_input()->add_shape(d_in);
-  std::string raw(d_in * 4, '\0');
-  for (int64_t i = 0; i < d_in; ++i) {
-    const float v = u(rng);
-    std::memcpy(raw.data() + 4 * i, &v, 4);
-  }
-  encode.mutable_input()->set_raw(raw);
-  encode.set_raw_output(true);
-  auto encode_once = [&] {
+  // One call of the chosen RPC (or the health check) on stub `i`.
+  grpc::Status Call(int i, bool health) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    sae::v1::EncodeResponse out;
-    return stub->Encode(&ctx, encode, &out).ok();
-  };
-  auto health_once = [&] {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    grpc::health::v1::HealthCheckResponse out;
-    return health->Check(&ctx, {}, &out).ok();
-  };
-  Measure(50, encode_once);  // warm-up: loads the model, opens the channel
-  Measure(50, health_once);
-  Latencies health_lat = Measure(calls, health_once);
-  Latencies idle = Measure(calls, encode_once);
-  const double health_p50 = health_lat.Percentile(0.5);
-  const double idle_p50 = idle.Percentile(0.5), idle_p99 = idle.Percentile(0.99);
-  std::printf("health: p50 %.3f ms | encode 1 row idle: p50 %.3f ms, p99 %.3f ms\n",
-              health_p50, idle_p50, idle_p99);
+    auto& stub = stubs_[i % stubs_.size()];
+    if (health) {
+      grpc::health::v1::HealthCheckResponse out;
+      return health_[i % health_.size()]->Check(&ctx, {}, &out);
+    }
+    if (rpc_ == "reconstruct") {
+      v1::ReconstructResponse out;
+      return stub->Reconstruct(&ctx, reconstruct_, &out);
+    }
+    if (rpc_ == "denoise") {
+      v1::DenoiseResponse out;
+      return stub->Denoise(&ctx, denoise_, &out);
+    }
+    v1::EncodeResponse out;
+    return stub->Encode(&ctx, encode_, &out);
+  }
 
-  // A training job on the same server, then Encode latency while it runs.
-  sae::v1::TrainRequest train;
-  train.set_model_name(model_name + "-training");
+  LevelResult Run(int concurrency, double seconds, bool health = false) {
+    std::atomic<bool> measuring{false}, stop{false};
+    std::vector<std::vector<double>> lat(concurrency);
+    std::vector<std::map<std::string, int64_t>> errs(concurrency);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < concurrency; ++t) {
+      threads.emplace_back([&, t] {
+        while (!stop) {
+          const auto start = Clock::now();
+          grpc::Status s = Call(t, health);
+          const double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+          if (!measuring) continue;
+          if (s.ok()) {
+            lat[t].push_back(ms);
+          } else {
+            ++errs[t][StatusName(s.error_code())];
+          }
+        }
+      });
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // warm-up
+    measuring = true;
+    const auto start = Clock::now();
+    std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+    measuring = false;
+    const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    stop = true;
+    for (auto& th : threads) th.join();
+    LevelResult r;
+    r.concurrency = concurrency;
+    std::vector<double> all;
+    for (int t = 0; t < concurrency; ++t) {
+      all.insert(all.end(), lat[t].begin(), lat[t].end());
+      for (const auto& [k, v] : errs[t]) r.errors[k] += v;
+    }
+    r.calls_per_s = static_cast<double>(all.size()) / elapsed;
+    r.rows_per_s = r.calls_per_s * (health ? 0 : static_cast<double>(rows_));
+    r.p50 = Percentile(all, 0.5);
+    r.p90 = Percentile(all, 0.9);
+    r.p99 = Percentile(all, 0.99);
+    return r;
+  }
+
+  static std::string StatusName(grpc::StatusCode c) {
+    static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
+                                   "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+                                   "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+                                   "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
+                                   "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+    const int i = static_cast<int>(c);
+    return i >= 0 && i < 17 ? kNames[i] : absl::StrCat("CODE_", i);
+  }
+
+  v1::SparseAutoencoderService::Stub* stub() { return stubs_[0].get(); }
+
+ private:
+  std::string rpc_;
+  int64_t rows_;
+  std::vector<std::unique_ptr<v1::SparseAutoencoderService::Stub>> stubs_;
+  std::vector<std::unique_ptr<grpc::health::v1::Health::Stub>> health_;
+  v1::EncodeRequest encode_;
+  v1::ReconstructRequest reconstruct_;
+  v1::DenoiseRequest denoise_;
+};
+
+std::string Errors(const LevelResult& r) {
+  std::string out;
+  for (const auto& [k, v] : r.errors) absl::StrAppend(&out, out.empty() ? "" : " ", k, "=", v);
+  return out.empty() ? "-" : out;
+}
+
+void PrintRow(const LevelResult& r) {
+  std::printf("%11d %10.0f %10.0f %9.3f %9.3f %9.3f  %s\n", r.concurrency, r.calls_per_s,
+              r.rows_per_s, r.p50, r.p90, r.p99, Errors(r).c_str());
+  std::fflush(stdout);
+}
+
+// Starts a training job on the server and returns its id once it runs.
+std::string StartTraining(v1::SparseAutoencoderService::Stub* stub, const std::string& model,
+                          int64_t d_in, int64_t d_hidden) {
+  v1::TrainRequest train;
+  train.set_model_name(model + "-training");
   train.mutable_config()->set_d_in(d_in);
   train.mutable_config()->set_d_hidden(d_hidden);
   train.mutable_options()->set_epochs(1000000);
   const int64_t rows = 1024;
-  std::string data(rows * d_in * 4, '\0');
+  std::mt19937 rng(2);
+  std::uniform_real_distribution<float> u(0, 1);
+  std::string data(static_cast<size_t>(rows * d_in) * 4, '\0');
   for (int64_t i = 0; i < rows * d_in; ++i) {
     const float v = u(rng);
     std::memcpy(data.data() + 4 * i, &v, 4);
@@ -152,45 +225,149 @@ int main(int argc, char** argv) {
   train.mutable_inline_data()->add_shape(rows);
   train.mutable_inline_data()->add_shape(d_in);
   train.mutable_inline_data()->set_raw(data);
-  sae::v1::TrainResponse job;
-  {
-    grpc::ClientContext ctx;
-    grpc::Status s = stub->Train(&ctx, train, &job);
-    if (!s.ok()) {
-      std::fprintf(stderr, "sae_load: Train failed: %s\n", s.error_message().c_str());
-      return 1;
-    }
-  }
-  // Wait until it is running.
+  v1::TrainResponse job;
+  grpc::ClientContext ctx;
+  if (!stub->Train(&ctx, train, &job).ok()) return "";
   for (int i = 0; i < 500; ++i) {
-    grpc::ClientContext ctx;
-    sae::v1::GetTrainingJobRequest get;
+    grpc::ClientContext c;
+    v1::GetTrainingJobRequest get;
     get.set_job_id(job.job().id());
-    sae::v1::GetTrainingJobResponse now;
-    stub->GetTrainingJob(&ctx, get, &now);
+    v1::GetTrainingJobResponse now;
+    stub->GetTrainingJob(&c, get, &now);
     if (now.job().progress().step() > 0) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  Latencies busy = Measure(calls, encode_once);
-  {
-    grpc::ClientContext ctx;
-    sae::v1::CancelTrainingJobRequest cancel;
-    cancel.set_job_id(job.job().id());
-    sae::v1::CancelTrainingJobResponse out;
-    stub->CancelTrainingJob(&ctx, cancel, &out);
+  return job.job().id();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("Load generator for sae_server (see the header of bench/sae_load.cc).");
+  absl::ParseCommandLine(argc, argv);
+  const bool quick = absl::GetFlag(FLAGS_quick);
+  const double seconds = quick ? 0.5 : absl::GetFlag(FLAGS_seconds);
+  const int64_t d_in = quick ? 64 : absl::GetFlag(FLAGS_d_in);
+  const int64_t d_hidden = quick ? 256 : absl::GetFlag(FLAGS_d_hidden);
+  const int64_t rows = absl::GetFlag(FLAGS_rows);
+  const std::string model = absl::GetFlag(FLAGS_model);
+  const std::string rpc = absl::GetFlag(FLAGS_rpc);
+  if (rpc != "encode" && rpc != "reconstruct" && rpc != "denoise") {
+    std::fprintf(stderr, "sae_load: --rpc must be encode, reconstruct or denoise\n");
+    return 2;
   }
-  const double busy_p99 = busy.Percentile(0.99);
-  std::printf("encode 1 row while training: p50 %.3f ms, p99 %.3f ms\n", busy.Percentile(0.5),
-              busy_p99);
-  std::printf("health_p50_ms=%.4f\n", health_p50);
-  std::printf("encode_p50_ms=%.4f\n", idle_p50);
-  std::printf("encode_p99_idle_ms=%.4f\n", idle_p99);
-  std::printf("encode_p99_training_ms=%.4f\n", busy_p99);
-  std::printf("encode_p50_vs_health_p50=%.3f\n", idle_p50 / health_p50);
-  std::printf("encode_p99_training_vs_idle=%.3f\n", busy_p99 / idle_p99);
+  std::vector<int> levels;
+  for (absl::string_view s : absl::StrSplit(quick ? "1,4" : absl::GetFlag(FLAGS_concurrency), ',')) {
+    int c;
+    if (!absl::SimpleAtoi(s, &c) || c < 1 || c > 1024) {
+      std::fprintf(stderr, "sae_load: bad --concurrency entry '%s'\n", std::string(s).c_str());
+      return 2;
+    }
+    levels.push_back(c);
+  }
+
+  std::string target = absl::GetFlag(FLAGS_target);
+  std::string unbatched = absl::GetFlag(FLAGS_target_unbatched);
+  std::unique_ptr<sae::server::Server> server, server_unbatched;
+  std::string root;
+  if (target.empty()) {
+    root = absl::StrCat("/tmp/sae_load_", ::getpid());
+    sae::RemoveTree(root).IgnoreError();
+    auto store = sae::ModelStore::Open(root + "/models");
+    sae::ModelConfig c = sae::DefaultConfig(d_in, d_hidden, sae::Activation::kRelu);
+    auto m = sae::Model::Create(c, sae::InitialWeights(c, 1));
+    if (!store.ok() || !m.ok() || !(*store)->Publish(model, **m, {}).ok()) {
+      std::fprintf(stderr, "sae_load: cannot prepare the in-process store\n");
+      return 1;
+    }
+    sae::server::ServerOptions options;
+    options.listen_address = "127.0.0.1:0";
+    options.store_root = root + "/models";
+    auto a = sae::server::Server::Start(options);
+    options.batching = false;
+    options.accept_training = false;
+    auto b = sae::server::Server::Start(options);
+    if (!a.ok() || !b.ok()) {
+      std::fprintf(stderr, "sae_load: cannot start the in-process servers\n");
+      return 1;
+    }
+    server = std::move(*a);
+    server_unbatched = std::move(*b);
+    target = absl::StrCat("127.0.0.1:", server->port());
+    unbatched = absl::StrCat("127.0.0.1:", server_unbatched->port());
+  }
+  Load load(target, model, rpc, rows, d_in);
+  load.Run(1, 0.3);  // loads the model, opens the channels
+
+  std::printf("sae_load: %s, %lld row(s) per call, target %s\n", rpc.c_str(),
+              static_cast<long long>(rows), target.c_str());
+  std::printf("%11s %10s %10s %9s %9s %9s  %s\n", "concurrency", "calls/s", "rows/s", "p50 ms",
+              "p90 ms", "p99 ms", "errors");
+  LevelResult health = load.Run(1, seconds, /*health=*/true);
+  std::printf("%11s %10.0f %10s %9.3f %9.3f %9.3f  %s   (health check)\n", "1", health.calls_per_s,
+              "-", health.p50, health.p90, health.p99, Errors(health).c_str());
+  std::vector<LevelResult> results;
+  for (int c : levels) {
+    results.push_back(load.Run(c, seconds));
+    PrintRow(results.back());
+  }
+  const std::string csv = absl::GetFlag(FLAGS_csv);
+  if (!csv.empty()) {
+    std::FILE* f = std::fopen(csv.c_str(), "w");
+    if (f != nullptr) {
+      std::fprintf(f, "rpc,rows_per_call,concurrency,calls_per_s,rows_per_s,p50_ms,p90_ms,p99_ms,errors\n");
+      std::fprintf(f, "health,0,1,%.1f,0,%.4f,%.4f,%.4f,%s\n", health.calls_per_s, health.p50, health.p90,
+                   health.p99, Errors(health).c_str());
+      for (const LevelResult& r : results) {
+        std::fprintf(f, "%s,%lld,%d,%.1f,%.1f,%.4f,%.4f,%.4f,%s\n", rpc.c_str(),
+                     static_cast<long long>(rows), r.concurrency, r.calls_per_s, r.rows_per_s, r.p50,
+                     r.p90, r.p99, Errors(r).c_str());
+      }
+      std::fclose(f);
+    }
+  }
+
+  auto level = [&](int c) -> const LevelResult* {
+    for (const LevelResult& r : results) {
+      if (r.concurrency == c) return &r;
+    }
+    return nullptr;
+  };
+  if (const LevelResult* c1 = level(1)) {
+    std::printf("encode_p50_vs_health_p50=%.3f\n", c1->p50 / health.p50);
+  }
+  if (const LevelResult* c16 = level(16); c16 && rows == 1) {
+    std::printf("encode_1row_c16_rows_per_s=%.1f\n", c16->rows_per_s);
+  }
+  if (const LevelResult* c32 = level(32); c32 && !unbatched.empty()) {
+    Load plain(unbatched, model, rpc, rows, d_in);
+    plain.Run(1, 0.3);
+    LevelResult u = plain.Run(32, seconds);
+    std::printf("without batching: ");
+    PrintRow(u);
+    std::printf("batching_gain_c32=%.3f\n", c32->rows_per_s / std::max(u.rows_per_s, 1e-9));
+  }
+  // Encode p99 while a training job runs, against the idle p99 (1 client).
+  if (const LevelResult* c1 = level(1); c1 && (server || absl::GetFlag(FLAGS_target_unbatched).empty())) {
+    const std::string job = StartTraining(load.stub(), model, d_in, d_hidden);
+    if (!job.empty()) {
+      LevelResult busy = load.Run(1, seconds);
+      grpc::ClientContext ctx;
+      v1::CancelTrainingJobRequest cancel;
+      cancel.set_job_id(job);
+      v1::CancelTrainingJobResponse out;
+      load.stub()->CancelTrainingJob(&ctx, cancel, &out);
+      std::printf("while training: ");
+      PrintRow(busy);
+      std::printf("encode_p99_idle_ms=%.4f\nencode_p99_training_ms=%.4f\n", c1->p99, busy.p99);
+      std::printf("encode_p99_training_vs_idle=%.3f\n", busy.p99 / c1->p99);
+    }
+  }
   if (server) {
     server->Shutdown(std::chrono::milliseconds(500));
+    server_unbatched->Shutdown(std::chrono::milliseconds(500));
     server.reset();
+    server_unbatched.reset();
     sae::RemoveTree(root).IgnoreError();
   }
   return 0;

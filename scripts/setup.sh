@@ -17,7 +17,7 @@ PACKAGES=(
   libeigen3-dev libopenblas-dev libabsl-dev nlohmann-json3-dev libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
-  libpng-dev
+  libpng-dev prometheus-cpp-dev
   python3 python3-grpcio python3-protobuf python3-numpy
 )
 

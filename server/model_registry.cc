@@ -7,8 +7,9 @@
 
 namespace sae::server {
 
-ModelRegistry::ModelRegistry(ModelStore* store, std::chrono::milliseconds reload_interval)
-    : store_(store) {
+ModelRegistry::ModelRegistry(ModelStore* store, std::chrono::milliseconds reload_interval,
+                             std::function<void(bool)> on_load)
+    : store_(store), on_load_(std::move(on_load)) {
   if (reload_interval.count() > 0) {
     watcher_ = std::make_unique<StoreWatcher>(
         store_, reload_interval,
@@ -47,6 +48,7 @@ absl::StatusOr<std::shared_ptr<const Model>> ModelRegistry::LoadVersion(const st
   if (!loaded.ok()) {
     if (absl::IsDataLoss(loaded.status()) && bad_versions_.insert(key).second) {
       ++reload_failures_;
+      if (on_load_) on_load_(false);
       LogLine("model", absl::StrCat("refused ", name, "@", version, ": ",
                                     loaded.status().message()));
     }
@@ -54,6 +56,7 @@ absl::StatusOr<std::shared_ptr<const Model>> ModelRegistry::LoadVersion(const st
   }
   ++loads_;
   auto [it, inserted] = cache_.emplace(key, loaded->model);
+  if (inserted && on_load_) on_load_(true);
   if (inserted) LogLine("model", absl::StrCat("loaded ", name, "@", version));
   return it->second;
 }

@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -37,7 +38,10 @@ struct ServedModel {
 class ModelRegistry {
  public:
   // `store` must outlive the registry. reload_interval 0 disables polling.
-  ModelRegistry(ModelStore* store, std::chrono::milliseconds reload_interval);
+  // `on_load` (optional) hears of every version load: true when it loaded,
+  // false when it was refused as corrupt.
+  ModelRegistry(ModelStore* store, std::chrono::milliseconds reload_interval,
+                std::function<void(bool ok)> on_load = nullptr);
   ~ModelRegistry();
 
   // The model `ref` names. NOT_FOUND for unknown models, versions, labels;
@@ -64,6 +68,7 @@ class ModelRegistry {
   void Evict(const std::string& name, int64_t version);
 
   ModelStore* const store_;
+  const std::function<void(bool)> on_load_;
   mutable absl::Mutex mu_;
   std::map<std::pair<std::string, int64_t>, std::shared_ptr<const Model>> cache_
       ABSL_GUARDED_BY(mu_);

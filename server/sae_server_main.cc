@@ -44,6 +44,8 @@ ABSL_FLAG(int64_t, batch_max_queued_rows, 16384,
           "rows that may wait for batching per model; beyond, calls get RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::string, batch_models, "",
           "per-model batching: NAME=off or NAME=MAX_ROWS:DELAY_US, comma-separated");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "serve Prometheus metrics over HTTP on this address (e.g. 0.0.0.0:9090); empty: off");
 ABSL_FLAG(int, shutdown_grace_s, 10,
           "on SIGTERM/SIGINT: seconds in-flight calls get to finish");
 
@@ -79,6 +81,7 @@ int main(int argc, char** argv) {
   options.batch_max_delay_us = absl::GetFlag(FLAGS_batch_max_delay_us);
   options.batch_max_queued_rows = absl::GetFlag(FLAGS_batch_max_queued_rows);
   options.batch_model_overrides = absl::GetFlag(FLAGS_batch_models);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   if (absl::GetFlag(FLAGS_compute_threads) < 0 || absl::GetFlag(FLAGS_shutdown_grace_s) < 0 ||
       absl::GetFlag(FLAGS_reload_interval_ms) < 0) {
     std::fprintf(stderr, "sae_server: --compute_threads, --shutdown_grace_s and "

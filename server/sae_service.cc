@@ -201,13 +201,15 @@ std::string TempDir(const std::string& root) {
 }  // namespace
 
 SaeService::SaeService(ModelStore* store, ModelRegistry* registry, TrainingJobManager* jobs,
-                       DatasetStore* datasets, Batcher* batcher, ServiceLimits limits)
+                       DatasetStore* datasets, Batcher* batcher, Metrics* metrics,
+                       ServiceLimits limits)
     : store_(store), registry_(registry), jobs_(jobs), datasets_(datasets), batcher_(batcher),
-      limits_(limits) {}
+      metrics_(metrics), limits_(limits) {}
 
 absl::Status SaeService::Compute(const std::string& model_name, const ServedModel& served,
                                  BatchOp op, ConstMatrixRef x, const CallInfo& call,
                                  RowMatrix* out) {
+  if (metrics_ != nullptr) metrics_->RecordRows(model_name, served.version, x.rows());
   if (batcher_ != nullptr) {
     return batcher_->Run(model_name, served.model, op, x, call.deadline, call.cancelled, out);
   }

@@ -12,6 +12,7 @@
 #include "sae/v1/sae.grpc.pb.h"
 #include "server/batcher.h"
 #include "server/dataset_store.h"
+#include "server/metrics.h"
 #include "server/model_registry.h"
 #include "server/training_jobs.h"
 
@@ -33,9 +34,9 @@ struct CallInfo {
 class SaeService final : public v1::SparseAutoencoderService::Service {
  public:
   // Every pointer must outlive the service.
-  // `batcher` may be null (no batching).
+  // `batcher` may be null (no batching), `metrics` too (none recorded).
   SaeService(ModelStore* store, ModelRegistry* registry, TrainingJobManager* jobs,
-             DatasetStore* datasets, Batcher* batcher, ServiceLimits limits);
+             DatasetStore* datasets, Batcher* batcher, Metrics* metrics, ServiceLimits limits);
 
   grpc::Status Train(grpc::ServerContext*, const v1::TrainRequest*, v1::TrainResponse*) override;
   grpc::Status GetTrainingJob(grpc::ServerContext*, const v1::GetTrainingJobRequest*,
@@ -100,6 +101,7 @@ class SaeService final : public v1::SparseAutoencoderService::Service {
   TrainingJobManager* const jobs_;
   DatasetStore* const datasets_;
   Batcher* const batcher_;
+  Metrics* const metrics_;
   const ServiceLimits limits_;
 
   // Runs `op` through the batcher when there is one, directly otherwise.

@@ -8,6 +8,7 @@
 #include "server/batcher.h"
 #include "server/dataset_store.h"
 #include "server/log.h"
+#include "server/metrics.h"
 #include "server/model_registry.h"
 #include "server/sae_service.h"
 #include "server/training_jobs.h"
@@ -15,6 +16,7 @@
 namespace sae::server {
 
 struct Server::Impl {
+  std::unique_ptr<Metrics> metrics;
   std::unique_ptr<ModelStore> store;
   std::unique_ptr<DatasetStore> datasets;
   std::unique_ptr<ModelRegistry> registry;
@@ -32,6 +34,8 @@ Server::~Server() { Shutdown(std::chrono::milliseconds(0)); }
 
 int Server::port() const { return impl_->port; }
 
+int Server::metrics_port() const { return impl_->metrics ? impl_->metrics->port() : 0; }
+
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
   if (options.max_message_bytes < 1024 || options.max_message_bytes > (int64_t{2} << 30) - 1) {
     return absl::InvalidArgumentError("max_message_bytes must be in [1 KiB, 2 GiB)");
@@ -43,6 +47,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     return absl::InvalidArgumentError("max_training_jobs must be >= 1 and max_queued_jobs >= 0");
   }
   auto impl = std::make_unique<Impl>();
+  if (!options.metrics_listen.empty()) {
+    absl::StatusOr<std::unique_ptr<Metrics>> metrics = Metrics::Start(options.metrics_listen);
+    if (!metrics.ok()) return metrics.status();
+    impl->metrics = std::move(*metrics);
+  }
+  Metrics* metrics = impl->metrics.get();
   absl::StatusOr<std::unique_ptr<ModelStore>> store = ModelStore::Open(options.store_root);
   if (!store.ok()) return store.status();
   impl->store = std::move(*store);
@@ -52,9 +62,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
       DatasetStore::Open(datasets_root, options.max_dataset_bytes);
   if (!datasets.ok()) return datasets.status();
   impl->datasets = std::move(*datasets);
-  impl->registry = std::make_unique<ModelRegistry>(impl->store.get(), options.reload_interval);
+  impl->registry = std::make_unique<ModelRegistry>(
+      impl->store.get(), options.reload_interval,
+      metrics == nullptr ? std::function<void(bool)>() : [metrics](bool ok) { metrics->RecordModelLoad(ok); });
   impl->jobs = std::make_unique<TrainingJobManager>(
       impl->store.get(), JobManagerOptions{options.max_training_jobs, options.max_queued_jobs});
+  if (metrics != nullptr) {
+    impl->jobs->set_observers(
+        [metrics](const std::string& state, int64_t running) {
+          metrics->RecordJobState(state);
+          metrics->SetRunningJobs(running);
+        },
+        [metrics](double rows_per_s) { metrics->SetTrainingRowsPerSecond(rows_per_s); });
+  }
   BatchingOptions batching{options.batching, options.batch_max_rows, options.batch_max_delay_us,
                            options.batch_max_queued_rows};
   if (batching.max_batch_rows < 1 || batching.max_queue_delay_us < 0 ||
@@ -66,9 +86,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
       ParseBatchingOverrides(options.batch_model_overrides, batching);
   if (!overrides.ok()) return overrides.status();
   impl->batcher = std::make_unique<Batcher>(batching, std::move(*overrides));
+  if (metrics != nullptr) {
+    impl->batcher->set_observer(
+        [metrics](int64_t rows, double queue_us) { metrics->RecordBatch(rows, queue_us * 1e-6); });
+  }
   impl->service = std::make_unique<SaeService>(
       impl->store.get(), impl->registry.get(), impl->jobs.get(), impl->datasets.get(),
-      impl->batcher.get(), ServiceLimits{options.max_rows_per_request, 1 << 20, options.accept_training});
+      impl->batcher.get(), metrics, ServiceLimits{options.max_rows_per_request, 1 << 20, options.accept_training});
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -77,6 +101,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   builder.RegisterService(impl->service.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  if (metrics != nullptr) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+    creators.push_back(MakeMetricsInterceptorFactory(metrics));
+    builder.experimental().SetInterceptorCreators(std::move(creators));
+  }
   if (options.rpc_threads > 0) {
     builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS,
                                 options.rpc_threads);
@@ -88,7 +117,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   }
   impl->grpc_server->GetHealthCheckService()->SetServingStatus(true);
   LogLine("server", absl::StrCat("serving on port ", impl->port, ", store '",
-                                 options.store_root, "'"));
+                                 options.store_root, "'",
+                                 metrics != nullptr ? absl::StrCat(", metrics on port ", metrics->port())
+                                                    : std::string()));
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 

@@ -31,6 +31,8 @@ struct ServerOptions {
   int64_t batch_max_delay_us = 0;
   int64_t batch_max_queued_rows = 16384;
   std::string batch_model_overrides;
+  // Prometheus metrics over HTTP on this address ("host:port"); empty: off.
+  std::string metrics_listen;
 };
 
 class Server {
@@ -42,6 +44,8 @@ class Server {
 
   // The port actually bound (useful with port 0).
   int port() const;
+  // The metrics port, or 0 when metrics are off.
+  int metrics_port() const;
   // Blocks until Shutdown.
   void Wait();
   // Stops accepting calls, lets in-flight ones finish within `grace`, marks

@@ -43,6 +43,11 @@ void AddMetrics(const std::string& prefix, const QualityMetrics& m,
 
 }  // namespace
 
+void TrainingJobManager::NotifyState(JobState state) {
+  if (state == JobState::kRunning) ++running_;
+  if (on_state_) on_state_(StateName(state), running_.load());
+}
+
 bool IsFinal(JobState state) {
   return state != JobState::kQueued && state != JobState::kRunning;
 }
@@ -100,6 +105,7 @@ absl::StatusOr<JobInfo> TrainingJobManager::Submit(JobSpec spec) {
   if (!raw->info.request_id.empty()) by_request_id_[raw->info.request_id] = raw->info.id;
   jobs_[raw->info.id] = std::move(job);
   queue_.push_back(raw);
+  if (on_state_) on_state_("queued", running_.load());
   LogLine("job", absl::StrCat(raw->info.id, " queued: model '", raw->info.model_name, "', ",
                               raw->spec.data->rows(), " x ", raw->spec.data->cols(), " rows"));
   // Forget the oldest finished jobs beyond the limit.
@@ -192,10 +198,25 @@ void TrainingJobManager::WorkerLoop() {
 
 void TrainingJobManager::RunJob(Job* job) {
   LogLine("job", absl::StrCat(job->info.id, " running"));
+  NotifyState(JobState::kRunning);
+  struct Finished {
+    TrainingJobManager* m;
+    Job* job;
+    ~Finished() {
+      --m->running_;
+      JobState state;
+      {
+        absl::MutexLock lock(&m->mu_);
+        state = job->info.state;
+      }
+      if (m->on_state_) m->on_state_(StateName(state), m->running_.load());
+    }
+  } finished{this, job};
   TrainingHooks hooks;
   hooks.cancel = &job->cancel;
   hooks.on_progress = [&](const TrainingProgress& p) {
     Update(job, [&](JobInfo& info) { info.progress = p; });
+    if (on_progress_) on_progress_(p.rows_per_s);
   };
   TrainerOptions options = job->spec.options;
   if (options.progress_every_steps == 0) options.progress_every_steps = 10;

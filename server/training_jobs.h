@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -76,6 +77,14 @@ class TrainingJobManager {
   absl::StatusOr<JobInfo> WaitForChange(const std::string& id, int64_t after_revision,
                                         absl::Duration timeout) const;
 
+  // Called (outside the manager's lock) when a job changes state, with the
+  // state's name, and with each progress report's rows/s. Set before use.
+  void set_observers(std::function<void(const std::string& state, int64_t running)> on_state,
+                     std::function<void(double rows_per_s)> on_progress) {
+    on_state_ = std::move(on_state);
+    on_progress_ = std::move(on_progress);
+  }
+
   // Stops taking jobs, cancels running ones and marks them (and queued ones)
   // INTERRUPTED, and joins the workers. Nothing half-published: a job that
   // is already publishing finishes its publish first.
@@ -100,6 +109,10 @@ class TrainingJobManager {
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   int64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   std::vector<std::thread> workers_;
+  std::function<void(const std::string&, int64_t)> on_state_;
+  std::function<void(double)> on_progress_;
+  std::atomic<int64_t> running_{0};
+  void NotifyState(JobState state);
 };
 
 }  // namespace sae::server
