@@ -43,6 +43,7 @@
 #include "grpcpp/grpcpp.h"
 #include "sae/v1/sae.grpc.pb.h"
 #include "server/server.h"
+#include "server/status_util.h"
 
 ABSL_FLAG(std::string, target, "", "host:port of a running server (empty: start servers in-process)");
 ABSL_FLAG(std::string, target_unbatched, "",
@@ -172,15 +173,7 @@ class Load {
     return r;
   }
 
-  static std::string StatusName(grpc::StatusCode c) {
-    static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
-                                   "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-                                   "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                                   "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
-                                   "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
-    const int i = static_cast<int>(c);
-    return i >= 0 && i < 17 ? kNames[i] : absl::StrCat("CODE_", i);
-  }
+  static std::string StatusName(grpc::StatusCode c) { return sae::server::StatusCodeName(c); }
 
   v1::SparseAutoencoderService::Stub* stub() { return stubs_[0].get(); }
 

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "prometheus/counter.h"
 #include "prometheus/text_serializer.h"
+#include "server/status_util.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
@@ -23,15 +24,6 @@
 namespace sae::server {
 namespace {
 
-const char* CodeName(grpc::StatusCode c) {
-  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
-                                 "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-                                 "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                                 "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
-                                 "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
-  const int i = static_cast<int>(c);
-  return i >= 0 && i < 17 ? kNames[i] : "OTHER";
-}
 
 class MetricsInterceptor final : public grpc::experimental::Interceptor {
  public:
@@ -196,7 +188,7 @@ void Metrics::ServeHttp() {
 }
 
 void Metrics::RecordRpc(const std::string& method, grpc::StatusCode code, double seconds) {
-  f_->requests->Add({{"method", method}, {"code", CodeName(code)}}).Increment();
+  f_->requests->Add({{"method", method}, {"code", StatusCodeName(code)}}).Increment();
   static const prometheus::Histogram::BucketBoundaries kBuckets{
       1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 5};
   f_->latency->Add({{"method", method}}, kBuckets).Observe(seconds);

@@ -10,6 +10,9 @@ namespace sae::server {
 
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+// "OK", "NOT_FOUND", ... (for logs, metrics and load reports).
+const char* StatusCodeName(grpc::StatusCode code);
+
 }  // namespace sae::server
 
 #endif  // SAE_SERVER_STATUS_UTIL_H_
