@@ -57,6 +57,8 @@ ABSL_FLAG(int64_t, d_in, 784, "input width of the in-process model");
 ABSL_FLAG(int64_t, d_hidden, 4096, "hidden units of the in-process model");
 ABSL_FLAG(std::string, csv, "", "also write the sweep table to this CSV file");
 ABSL_FLAG(bool, quick, false, "small model, short levels (a smoke run)");
+ABSL_FLAG(int64_t, batch_max_delay_us, 0, "in-process server: --batch_max_delay_us");
+ABSL_FLAG(int64_t, batch_max_rows, 256, "in-process server: --batch_max_rows");
 
 namespace {
 
@@ -276,6 +278,8 @@ int main(int argc, char** argv) {
     sae::server::ServerOptions options;
     options.listen_address = "127.0.0.1:0";
     options.store_root = root + "/models";
+    options.batch_max_delay_us = absl::GetFlag(FLAGS_batch_max_delay_us);
+    options.batch_max_rows = absl::GetFlag(FLAGS_batch_max_rows);
     auto a = sae::server::Server::Start(options);
     options.batching = false;
     options.accept_training = false;

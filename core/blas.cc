@@ -3,6 +3,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cstring>
 #include <atomic>
 #include <cassert>
 #include <thread>
@@ -43,6 +44,45 @@ void SerialGemm(bool ta, bool tb, int m, int n, int k, float alpha,
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
               tb ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb,
               beta, c, ldc);
+}
+
+// Rows of C up to which SmallRowsGemm beats sgemm: OpenBLAS packs the whole
+// of B on every call, which for a few rows through a large layer costs more
+// than the arithmetic. Measured at 784 x 4096 (2 threads), ms per call:
+// 2 rows 0.57 vs 1.6 in sgemm, 4 rows 0.78 vs 1.4, 8 rows 1.25 vs 2.0,
+// 16 rows 2.3 vs 2.6; from 32 rows sgemm is far ahead (1.6 ms).
+constexpr int kSmallRows = 8;
+constexpr int64_t kColumnBlock = 256;  // columns per parallel chunk (multiple of 32)
+
+// C[:, j0:j1] = alpha * A B[:, j0:j1] + beta * C for m <= kSmallRows, no
+// transposes. Reads B once, streaming row by row, and keeps the m x 256
+// block of C in L1; zeros of A (sparse codes) are skipped.
+void SmallRowsGemm(int m, int k, float alpha, const float* __restrict a, int lda,
+                   const float* __restrict b, int ldb, float beta, float* __restrict c, int ldc,
+                   int64_t j0, int64_t j1) {
+  alignas(64) float acc[kSmallRows * kColumnBlock];
+  for (int64_t jb = j0; jb < j1; jb += kColumnBlock) {
+    const int nb = static_cast<int>(std::min<int64_t>(kColumnBlock, j1 - jb));
+    std::fill(acc, acc + m * kColumnBlock, 0.0f);
+    for (int kk = 0; kk < k; ++kk) {
+      const float* __restrict w = b + static_cast<int64_t>(kk) * ldb + jb;
+      for (int r = 0; r < m; ++r) {
+        const float x = a[static_cast<int64_t>(r) * lda + kk];
+        if (x == 0.0f) continue;
+        float* __restrict out = acc + r * kColumnBlock;
+        for (int j = 0; j < nb; ++j) out[j] += x * w[j];
+      }
+    }
+    for (int r = 0; r < m; ++r) {
+      float* __restrict dst = c + static_cast<int64_t>(r) * ldc + jb;
+      const float* __restrict src = acc + r * kColumnBlock;
+      if (beta == 0.0f) {
+        for (int j = 0; j < nb; ++j) dst[j] = alpha * src[j];
+      } else {
+        for (int j = 0; j < nb; ++j) dst[j] = alpha * src[j] + beta * dst[j];
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -87,6 +127,13 @@ void Gemm(Transpose trans_a, Transpose trans_b, float alpha, ConstMatrixRef a,
         cblas_sgemv(CblasRowMajor, CblasTrans, k, len, alpha, pb + lo, ldb, pa, incx, beta,
                     pc + lo, 1);
       }
+    });
+    return;
+  }
+  if (!ta && !tb && m <= kSmallRows && n >= 4 * kColumnBlock) {
+    ParallelFor((n + kColumnBlock - 1) / kColumnBlock, 1, [&](int, int64_t lo, int64_t hi) {
+      SmallRowsGemm(m, k, alpha, pa, lda, pb, ldb, beta, pc, ldc, lo * kColumnBlock,
+                    std::min<int64_t>(n, hi * kColumnBlock));
     });
     return;
   }

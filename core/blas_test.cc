@@ -19,7 +19,8 @@ RowMatrix Random(int64_t rows, int64_t cols, uint64_t seed) {
 // across threads, strided views) against Eigen's own product.
 TEST(BlasTest, GemmMatchesEigenForEveryShapeAndTranspose) {
   for (auto [m, n, k] : std::vector<std::tuple<int, int, int>>{
-           {1, 4096, 784}, {1, 7, 3}, {3, 5, 7}, {300, 2000, 64}, {2000, 300, 16}, {64, 64, 0}}) {
+           {1, 4096, 784}, {1, 7, 3}, {3, 5, 7}, {300, 2000, 64}, {2000, 300, 16}, {64, 64, 0},
+           {2, 4096, 784}, {24, 1100, 33}, {8, 1024, 5}, {25, 2048, 16}}) {
     for (Transpose ta : {Transpose::kNo, Transpose::kYes}) {
       for (Transpose tb : {Transpose::kNo, Transpose::kYes}) {
         const RowMatrix a = ta == Transpose::kNo ? Random(m, k, 1) : Random(k, m, 1);

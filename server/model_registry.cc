@@ -62,6 +62,27 @@ absl::StatusOr<std::shared_ptr<const Model>> ModelRegistry::LoadVersion(const st
 }
 
 absl::StatusOr<ServedModel> ModelRegistry::Get(const ModelRef& ref) {
+  // Hot path: with a watcher keeping entries_ current, a known model's
+  // latest version or label resolves from memory, with no file-system call.
+  if (watcher_ != nullptr) {
+    absl::MutexLock lock(&mu_);
+    int64_t known = ref.version;
+    if (known == 0) {
+      auto e = entries_.find(ref.name);
+      if (e != entries_.end()) {
+        if (ref.label.empty()) {
+          known = e->second.latest_good;
+        } else if (auto l = e->second.label_good.find(ref.label); l != e->second.label_good.end()) {
+          known = l->second;
+        }
+      }
+    }
+    if (known > 0) {
+      if (auto it = cache_.find({ref.name, known}); it != cache_.end()) {
+        return ServedModel{it->second, known};
+      }
+    }
+  }
   absl::StatusOr<int64_t> resolved = store_->Resolve(ref);
   if (!resolved.ok()) return resolved.status();
   int64_t version = *resolved;
@@ -112,10 +133,20 @@ void ModelRegistry::OnChanges(const std::vector<StoreChange>& changes) {
         }
         break;
       }
-      case StoreChange::Kind::kVersionRemoved:
+      case StoreChange::Kind::kVersionRemoved: {
         Evict(c.model, c.version);
+        {
+          // Forget resolutions that pointed at it; the next request asks the store.
+          absl::MutexLock lock(&mu_);
+          ModelEntry& e = entries_[c.model];
+          if (e.latest_good == c.version) e.latest_good = 0;
+          for (auto it = e.label_good.begin(); it != e.label_good.end();) {
+            it = it->second == c.version ? e.label_good.erase(it) : std::next(it);
+          }
+        }
         LogLine("model", absl::StrCat("removed ", c.model, "@", c.version));
         break;
+      }
       case StoreChange::Kind::kLabelSet: {
         absl::StatusOr<std::shared_ptr<const Model>> m = LoadVersion(c.model, c.version);
         if (m.ok()) {

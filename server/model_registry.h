@@ -8,6 +8,10 @@
 // logged, and the previous one keeps serving. Labels follow the store, with
 // the same fallback to the label's last good target.
 //
+// With polling on, a known model's latest version and labels resolve from
+// memory (no file-system call per request); changes made through this
+// server apply at once, those of other replicas within one poll interval.
+//
 // Thread-safe. Lookups take a mutex briefly; model loading and all compute
 // happen outside it.
 #ifndef SAE_SERVER_MODEL_REGISTRY_H_

@@ -586,7 +586,10 @@ grpc::Status SaeService::DeleteModelVersion(grpc::ServerContext*,
                                             v1::DeleteModelVersionResponse*) {
   if (request->version() < 1) return ToGrpcStatus(Invalid("version", "must be >= 1"));
   absl::Status s = store_->DeleteVersion(request->name(), request->version(), request->force());
-  if (s.ok()) LogLine("model", absl::StrCat("deleted ", request->name(), "@", request->version()));
+  if (s.ok()) {
+    LogLine("model", absl::StrCat("deleted ", request->name(), "@", request->version()));
+    registry_->Refresh();  // this replica stops serving it at once
+  }
   return ToGrpcStatus(s);
 }
 
