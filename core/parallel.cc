@@ -1,5 +1,7 @@
 #include "core/parallel.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <condition_variable>
 #include <mutex>
@@ -50,6 +52,9 @@ class Pool {
   }
 
   void Loop(int id) {
+    // Pool workers mostly run training chunks; a lower priority lets request
+    // threads (which run their own chunk 0) preempt them.
+    ::setpriority(PRIO_PROCESS, 0, 5);
     uint64_t seen = 0;
     while (true) {
       const std::function<void(int)>* job;
