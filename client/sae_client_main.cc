@@ -475,12 +475,18 @@ int CmdFeatures(SaeClient& client) {
   // Decoder rows through the API: Decode(one-hot) - Decode(zero).
   absl::StatusOr<v1::GetModelResponse> info = client.GetModel(model->name());
   if (!info.ok()) return Fail(info.status());
-  int64_t d_hidden = 0;
-  for (const auto& v : info->versions()) d_hidden = v.config().d_hidden();  // latest
-  if (model->version() > 0) {
-    for (const auto& v : info->versions()) {
-      if (v.version() == model->version()) d_hidden = v.config().d_hidden();
+  int64_t version = model->version();
+  if (version == 0 && !model->label().empty() && model->label() != "latest") {
+    auto it = info->labels().find(model->label());
+    if (it == info->labels().end()) {
+      return Fail(absl::NotFoundError(absl::StrCat("model '", model->name(), "' has no label '",
+                                                   model->label(), "'")));
     }
+    version = it->second;
+  }
+  int64_t d_hidden = 0;
+  for (const auto& v : info->versions()) {
+    if (version == 0 || v.version() == version) d_hidden = v.config().d_hidden();  // else latest
   }
   if (d_hidden < 1) return Fail(absl::NotFoundError("the model has no usable version"));
   const int64_t count = std::min<int64_t>(absl::GetFlag(FLAGS_count), d_hidden);

@@ -373,6 +373,20 @@ absl::StatusOr<ModelMetadata> ReadModelMetadata(const std::string& dir) {
   return MetadataFromJson(*meta);
 }
 
+absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& dir) {
+  const std::string cfg_path = dir + "/" + kCfgFileName;
+  absl::StatusOr<Json> cfg = ReadJsonFile(cfg_path, nullptr);
+  if (!cfg.ok()) return cfg.status();
+  absl::StatusOr<SaeLensConfig> s = ParseSaeLensConfig(*cfg, cfg_path);
+  if (!s.ok()) return absl::DataLossError(s.status().message());
+  ModelConfig config = BaseConfig(*s);
+  absl::StatusOr<Json> meta = ReadJsonFile(dir + "/" + kMetadataFileName, nullptr);
+  if (meta.ok() && meta->contains("model") && (*meta)["model"].is_object()) {
+    ApplyServiceConfig((*meta)["model"], &config);
+  }
+  return config;
+}
+
 std::string ChecksumOf(absl::string_view bytes) {
   return HexDigest(XXH3_128bits(bytes.data(), bytes.size()));
 }

@@ -62,6 +62,10 @@ absl::StatusOr<LoadedModel> LoadModelFolder(const std::string& dir);
 // for listings. DATA_LOSS when it is missing or malformed.
 absl::StatusOr<ModelMetadata> ReadModelMetadata(const std::string& dir);
 
+// Reads a model folder's config (cfg.json and sae_service.json) without its
+// weights or checksum verification: for listings. DATA_LOSS when malformed.
+absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& dir);
+
 // Imports a folder written by SAELens (v6 layout, and the older v3-v5 one):
 // architectures standard, topk (with rescale_acts_by_decoder_norm folded in)
 // and jumprelu; float32, float16, bfloat16 and float64 weights converted to

@@ -144,6 +144,7 @@ absl::Status Batcher::Run(const std::string& model_name, const std::shared_ptr<c
         }
       }
       q->rows -= x.rows();
+      if (q->items.empty() && !q->leader_active) q->model.reset();
       return expired ? absl::DeadlineExceededError("the deadline passed while queued for batching")
                      : absl::CancelledError("the call was cancelled while queued for batching");
     }
@@ -202,6 +203,9 @@ void Batcher::Lead(Queue* q, const BatchingOptions& options, Item* own) {
     for (Item* it : batch) it->done = true;
   }
   q->leader_active = false;
+  // An idle queue must not keep its model version alive (it may have been
+  // deleted or replaced); the next request sets it again.
+  if (q->items.empty()) q->model.reset();
 }
 
 }  // namespace sae::server

@@ -120,7 +120,7 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Start(const std::string& liste
   f.latency = &prometheus::BuildHistogram().Name("sae_rpc_latency_seconds")
                    .Help("RPC handling time, by method").Register(r);
   f.rows = &prometheus::BuildCounter().Name("sae_rows_served_total")
-                .Help("Rows encoded, decoded, reconstructed or denoised, by model and version").Register(r);
+                .Help("Rows through dense Encode, Reconstruct and Denoise, by model and version").Register(r);
   f.batch_rows = &prometheus::BuildHistogram().Name("sae_batch_rows")
                       .Help("Rows per batched product").Register(r)
                       .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256, 512});

@@ -9,8 +9,9 @@
 // the same fallback to the label's last good target.
 //
 // With polling on, a known model's latest version and labels resolve from
-// memory (no file-system call per request); changes made through this
-// server apply at once, those of other replicas within one poll interval.
+// memory (no file-system call per request). Label moves, deletes and imports
+// made through this server apply at once; versions published by training
+// jobs and by other replicas within one poll interval.
 //
 // Thread-safe. Lookups take a mutex briefly; model loading and all compute
 // happen outside it.

@@ -527,8 +527,8 @@ grpc::Status SaeService::StreamEncode(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::StreamEncodeResponse, v1::StreamEncodeRequest>* stream) {
   return ServeStream(context, stream,
-                     [this](const v1::StreamEncodeRequest& r, v1::StreamEncodeResponse* out) {
-                       return DoEncode(r.request(), out->mutable_response());
+                     [this, context](const v1::StreamEncodeRequest& r, v1::StreamEncodeResponse* out) {
+                       return DoEncode(r.request(), out->mutable_response(), InfoOf(context));
                      });
 }
 
@@ -536,8 +536,8 @@ grpc::Status SaeService::StreamReconstruct(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::StreamReconstructResponse, v1::StreamReconstructRequest>* stream) {
   return ServeStream(context, stream,
-                     [this](const v1::StreamReconstructRequest& r, v1::StreamReconstructResponse* out) {
-                       return DoReconstruct(r.request(), out->mutable_response());
+                     [this, context](const v1::StreamReconstructRequest& r, v1::StreamReconstructResponse* out) {
+                       return DoReconstruct(r.request(), out->mutable_response(), InfoOf(context));
                      });
 }
 
@@ -545,8 +545,8 @@ grpc::Status SaeService::StreamDenoise(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::StreamDenoiseResponse, v1::StreamDenoiseRequest>* stream) {
   return ServeStream(context, stream,
-                     [this](const v1::StreamDenoiseRequest& r, v1::StreamDenoiseResponse* out) {
-                       return DoDenoise(r.request(), out->mutable_response());
+                     [this, context](const v1::StreamDenoiseRequest& r, v1::StreamDenoiseResponse* out) {
+                       return DoDenoise(r.request(), out->mutable_response(), InfoOf(context));
                      });
 }
 
@@ -574,8 +574,10 @@ grpc::Status SaeService::GetModel(grpc::ServerContext*, const v1::GetModelReques
   if (!labels.ok()) return ToGrpcStatus(labels.status());
   response->set_name(request->name());
   for (const VersionInfo& v : *versions) {
-    absl::StatusOr<ServedModel> served = registry_->Get(ModelRef::Version(request->name(), v.version));
-    VersionToProto(v, served.ok() ? &served->model->config() : nullptr, response->add_versions());
+    // The config comes from the version's small files; the weights stay on disk.
+    absl::StatusOr<ModelConfig> config = ReadModelConfig(
+        absl::StrCat(store_->root(), "/", request->name(), "/", v.version));
+    VersionToProto(v, config.ok() ? &*config : nullptr, response->add_versions());
   }
   for (const auto& [label, v] : *labels) (*response->mutable_labels())[label] = v;
   return grpc::Status::OK;
@@ -660,6 +662,7 @@ grpc::Status SaeService::ImportModel(grpc::ServerContext* context,
   absl::StatusOr<int64_t> version = store_->Publish(name, *loaded->model, loaded->metadata);
   if (!version.ok()) return ToGrpcStatus(version.status());
   LogLine("model", absl::StrCat("imported ", name, "@", *version));
+  registry_->Refresh();
   VersionInfo info;
   info.version = *version;
   info.metadata = loaded->metadata;

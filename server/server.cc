@@ -43,8 +43,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   if (options.max_rows_per_request < 1) {
     return absl::InvalidArgumentError("max_rows_per_request must be >= 1");
   }
-  if (options.max_training_jobs < 1 || options.max_queued_jobs < 0) {
-    return absl::InvalidArgumentError("max_training_jobs must be >= 1 and max_queued_jobs >= 0");
+  if (options.max_training_jobs < 1 || options.max_queued_jobs < 1) {
+    // A job always passes through the queue, however briefly.
+    return absl::InvalidArgumentError("max_training_jobs and max_queued_jobs must be >= 1");
   }
   auto impl = std::make_unique<Impl>();
   if (!options.metrics_listen.empty()) {

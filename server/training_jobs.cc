@@ -45,9 +45,14 @@ void AddMetrics(const std::string& prefix, const QualityMetrics& m,
 
 }  // namespace
 
-void TrainingJobManager::NotifyState(JobState state) {
+void TrainingJobManager::SetStateLocked(Job* job, JobState state) {
+  const JobState old = job->info.state;
+  job->info.state = state;
+  ++job->info.revision;
+  if (old == state) return;
+  if (old == JobState::kRunning) --running_;
   if (state == JobState::kRunning) ++running_;
-  if (on_state_) on_state_(StateName(state), running_.load());
+  if (on_state_) on_state_(StateName(state), running_);
 }
 
 bool IsFinal(JobState state) {
@@ -65,8 +70,12 @@ TrainingJobManager::~TrainingJobManager() { Shutdown(); }
 
 void TrainingJobManager::Update(Job* job, const std::function<void(JobInfo&)>& change) {
   absl::MutexLock lock(&mu_);
+  const JobState old = job->info.state;
   change(job->info);
-  ++job->info.revision;
+  const JobState now = job->info.state;
+  job->info.state = old;
+  SetStateLocked(job, now);  // counts, notifies and bumps the revision
+  if (IsFinal(now)) job->released = true;  // the caller's last touch
 }
 
 absl::StatusOr<JobInfo> TrainingJobManager::Submit(JobSpec spec) {
@@ -107,14 +116,15 @@ absl::StatusOr<JobInfo> TrainingJobManager::Submit(JobSpec spec) {
   if (!raw->info.request_id.empty()) by_request_id_[raw->info.request_id] = raw->info.id;
   jobs_[raw->info.id] = std::move(job);
   queue_.push_back(raw);
-  if (on_state_) on_state_("queued", running_.load());
+  if (on_state_) on_state_("queued", running_);
   LogLine("job", absl::StrCat(raw->info.id, " queued: model '", raw->info.model_name, "', ",
                               raw->spec.data->rows(), " x ", raw->spec.data->cols(), " rows"));
-  // Forget the oldest finished jobs beyond the limit.
+  // Forget the oldest finished jobs beyond the limit (never one a worker
+  // still holds).
   while (static_cast<int64_t>(jobs_.size()) > options_.max_jobs_kept) {
     auto oldest = jobs_.end();
     for (auto it = jobs_.begin(); it != jobs_.end(); ++it) {
-      if (IsFinal(it->second->info.state)) {
+      if (IsFinal(it->second->info.state) && it->second->released) {
         oldest = it;
         break;
       }
@@ -157,9 +167,9 @@ absl::StatusOr<JobInfo> TrainingJobManager::Cancel(const std::string& id) {
         break;
       }
     }
-    job->info.state = JobState::kCancelled;
     job->info.error = "cancelled before it started";
-    ++job->info.revision;
+    job->released = true;
+    SetStateLocked(job, JobState::kCancelled);
     LogLine("job", absl::StrCat(id, " cancelled while queued"));
   }
   return job->info;
@@ -195,29 +205,16 @@ void TrainingJobManager::WorkerLoop() {
       if (shutting_down_) return;
       job = queue_.front();
       queue_.pop_front();
-      job->info.state = JobState::kRunning;
-      ++job->info.revision;
+      SetStateLocked(job, JobState::kRunning);
     }
     RunJob(job);
   }
 }
 
 void TrainingJobManager::RunJob(Job* job) {
-  LogLine("job", absl::StrCat(job->info.id, " running"));
-  NotifyState(JobState::kRunning);
-  struct Finished {
-    TrainingJobManager* m;
-    Job* job;
-    ~Finished() {
-      --m->running_;
-      JobState state;
-      {
-        absl::MutexLock lock(&m->mu_);
-        state = job->info.state;
-      }
-      if (m->on_state_) m->on_state_(StateName(state), m->running_.load());
-    }
-  } finished{this, job};
+  const std::string id = job->info.id;
+  const std::string model_name = job->info.model_name;
+  LogLine("job", absl::StrCat(id, " running"));
   TrainingHooks hooks;
   hooks.cancel = &job->cancel;
   hooks.on_progress = [&](const TrainingProgress& p) {
@@ -237,13 +234,14 @@ void TrainingJobManager::RunJob(Job* job) {
     const JobState state = absl::IsCancelled(result.status())
                                ? (interrupted ? JobState::kInterrupted : JobState::kCancelled)
                                : JobState::kFailed;
-    Update(job, [&](JobInfo& info) {
-      info.state = state;
-      info.error = interrupted ? "interrupted by a server shutdown; nothing was published"
-                               : std::string(result.status().message());
-    });
-    LogLine("job", absl::StrCat(job->info.id, " ", StateName(state), ": ", job->info.error));
+    const std::string error = interrupted ? "interrupted by a server shutdown; nothing was published"
+                                          : std::string(result.status().message());
     job->spec.data.reset();
+    Update(job, [&](JobInfo& info) {  // the last touch of `job`
+      info.state = state;
+      info.error = error;
+    });
+    LogLine("job", absl::StrCat(id, " ", StateName(state), ": ", error));
     return;
   }
   ModelMetadata meta;
@@ -272,22 +270,24 @@ void TrainingJobManager::RunJob(Job* job) {
   }
   metrics["rows_per_second"] = result->rows_per_s;
   meta.metrics = metrics;
-  absl::StatusOr<int64_t> version = store_->Publish(job->info.model_name, *result->model, meta);
-  Update(job, [&](JobInfo& info) {
+  absl::StatusOr<int64_t> version = store_->Publish(model_name, *result->model, meta);
+  job->spec.data.reset();
+  std::string error;
+  if (!version.ok()) {
+    error = absl::StrCat("training finished but publishing failed: ", version.status().message());
+  }
+  Update(job, [&](JobInfo& info) {  // the last touch of `job`
     if (version.ok()) {
       info.state = JobState::kSucceeded;
       info.published_version = *version;
       info.metrics = metrics;
     } else {
       info.state = JobState::kFailed;
-      info.error = absl::StrCat("training finished but publishing failed: ",
-                                version.status().message());
+      info.error = error;
     }
   });
-  LogLine("job", version.ok() ? absl::StrCat(job->info.id, " succeeded: published ",
-                                             job->info.model_name, "@", *version)
-                              : absl::StrCat(job->info.id, " failed: ", job->info.error));
-  job->spec.data.reset();
+  LogLine("job", version.ok() ? absl::StrCat(id, " succeeded: published ", model_name, "@", *version)
+                              : absl::StrCat(id, " failed: ", error));
 }
 
 void TrainingJobManager::Shutdown() {
@@ -298,9 +298,9 @@ void TrainingJobManager::Shutdown() {
     for (auto& [id, job] : jobs_) {
       if (job->info.state == JobState::kRunning) job->cancel = true;
       if (job->info.state == JobState::kQueued) {
-        job->info.state = JobState::kInterrupted;
         job->info.error = "interrupted by a server shutdown before it started";
-        ++job->info.revision;
+        job->released = true;
+        SetStateLocked(job.get(), JobState::kInterrupted);
       }
     }
     queue_.clear();

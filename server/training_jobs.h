@@ -77,8 +77,11 @@ class TrainingJobManager {
   absl::StatusOr<JobInfo> WaitForChange(const std::string& id, int64_t after_revision,
                                         absl::Duration timeout) const;
 
-  // Called (outside the manager's lock) when a job changes state, with the
-  // state's name, and with each progress report's rows/s. Set before use.
+  // Called when a job changes state (with the state's name and the number
+  // of running jobs), before the change is visible to Get and watchers, and
+  // with each progress report's rows/s. They run under the manager's lock:
+  // they must be quick and must not call back into the manager. Set before
+  // the first Submit.
   void set_observers(std::function<void(const std::string& state, int64_t running)> on_state,
                      std::function<void(double rows_per_s)> on_progress) {
     on_state_ = std::move(on_state);
@@ -95,7 +98,10 @@ class TrainingJobManager {
     JobInfo info;
     JobSpec spec;
     std::atomic<bool> cancel{false};
+    bool released = false;  // no worker touches it any more: may be forgotten
   };
+  // Moves a job to `state`, keeping the running count and observers current.
+  void SetStateLocked(Job* job, JobState state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WorkerLoop();
   void RunJob(Job* job);
   void Update(Job* job, const std::function<void(JobInfo&)>& change);
@@ -111,8 +117,7 @@ class TrainingJobManager {
   std::vector<std::thread> workers_;
   std::function<void(const std::string&, int64_t)> on_state_;
   std::function<void(double)> on_progress_;
-  std::atomic<int64_t> running_{0};
-  void NotifyState(JobState state);
+  int64_t running_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace sae::server
