@@ -10,7 +10,8 @@ OUT="$(mkdir -p "${1:-$ROOT/quickstart-out}" && cd "${1:-$ROOT/quickstart-out}" 
 BIN="${SAE_BUILD_DIR:-$ROOT/build}/bin"
 DIGITS="$ROOT/data/mnist-2500-images-u8.npy"
 
-"$ROOT/scripts/setup.sh"
+# Only the two binaries the quickstart runs (scripts/test.sh builds the rest).
+SAE_BUILD_TARGETS="${SAE_BUILD_TARGETS:-sae_server_main sae_client_main}" "$ROOT/scripts/setup.sh"
 
 rm -rf "$OUT/models" "$OUT/datasets"
 "$BIN/sae_server" --listen=127.0.0.1:0 --store="$OUT/models" > "$OUT/server.out" 2> "$OUT/server.log" &
