@@ -277,6 +277,7 @@ int main(int argc, char** argv) {
     }
     sae::server::ServerOptions options;
     options.listen_address = "127.0.0.1:0";
+    options.security.plaintext = true;
     options.store_root = root + "/models";
     options.batch_max_delay_us = absl::GetFlag(FLAGS_batch_max_delay_us);
     options.batch_max_rows = absl::GetFlag(FLAGS_batch_max_rows);

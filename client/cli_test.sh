@@ -30,7 +30,7 @@ png_size() {  # prints "WIDTH HEIGHT" of a PNG, or nothing if it is not one
   echo "$(( 16#$(od -An -tx1 -j16 -N4 "$f" | tr -d ' \n') )) $(( 16#$(od -An -tx1 -j20 -N4 "$f" | tr -d ' \n') ))"
 }
 
-"$BIN/sae_server" --listen=127.0.0.1:0 --store="$WORK/models" > "$WORK/server.out" 2> "$WORK/server.log" &
+"$BIN/sae_server" --plaintext --listen=127.0.0.1:0 --store="$WORK/models" > "$WORK/server.out" 2> "$WORK/server.log" &
 SERVER_PID=$!
 trap cleanup EXIT
 for _ in $(seq 100); do grep -q "listening on port" "$WORK/server.out" 2> /dev/null && break; sleep 0.1; done

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "core/dataset_io.h"
@@ -89,6 +90,57 @@ absl::StatusOr<v1::ModelRef> ParseModelRef(const std::string& text) {
   return ref;
 }
 
+absl::StatusOr<ClientSecurity> LoadClientSecurity(bool tls, const std::string& ca_file,
+                                                  const std::string& cert_file,
+                                                  const std::string& key_file,
+                                                  const std::string& token_file) {
+  ClientSecurity security;
+  security.tls = tls || !ca_file.empty() || !cert_file.empty() || !key_file.empty();
+  if (cert_file.empty() != key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-cert and --tls-key go together (a client certificate and its key)");
+  }
+  auto read = [](const std::string& path, const char* flag, std::string* out) -> absl::Status {
+    if (path.empty()) return absl::OkStatus();
+    absl::StatusOr<std::string> text = ReadSmallFile(path, 1 << 20);
+    if (!text.ok()) {
+      return absl::Status(text.status().code(), absl::StrCat(flag, ": ", text.status().message()));
+    }
+    *out = std::move(*text);
+    return absl::OkStatus();
+  };
+  if (absl::Status s = read(ca_file, "--tls-ca", &security.ca_pem); !s.ok()) return s;
+  if (absl::Status s = read(cert_file, "--tls-cert", &security.cert_pem); !s.ok()) return s;
+  if (absl::Status s = read(key_file, "--tls-key", &security.key_pem); !s.ok()) return s;
+  for (const auto& [pem, flag] : {std::pair{&security.ca_pem, "--tls-ca"},
+                                  std::pair{&security.cert_pem, "--tls-cert"},
+                                  std::pair{&security.key_pem, "--tls-key"}}) {
+    if (!pem->empty() && pem->find("-----BEGIN ") == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, ": not a PEM file"));
+    }
+  }
+  if (!token_file.empty()) {
+    std::string token;
+    if (absl::Status s = read(token_file, "--token-file", &token); !s.ok()) return s;
+    token = std::string(absl::StripAsciiWhitespace(token));
+    if (token.empty() || token.find_first_of(" \t\r\n") != std::string::npos) {
+      return absl::InvalidArgumentError(
+          "--token-file must hold one token (without spaces), and nothing else");
+    }
+    security.token = std::move(token);
+  }
+  return security;
+}
+
+std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(const ClientSecurity& security) {
+  if (!security.tls) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = security.ca_pem;
+  ssl.pem_cert_chain = security.cert_pem;
+  ssl.pem_private_key = security.key_pem;
+  return grpc::SslCredentials(ssl);
+}
+
 std::unique_ptr<SaeClient> SaeClient::Create(const std::string& address, ClientOptions options) {
   return std::unique_ptr<SaeClient>(new SaeClient(address, options));
 }
@@ -101,12 +153,19 @@ SaeClient::SaeClient(std::string address, ClientOptions options)
   // With a name that resolves to several replicas (a headless Kubernetes
   // Service, dns:///host:port), spread calls over all of them.
   args.SetLoadBalancingPolicyName("round_robin");
-  channel_ = grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
+  channel_ = grpc::CreateCustomChannel(address_, MakeChannelCredentials(options_.security), args);
   stub_ = v1::SparseAutoencoderService::NewStub(channel_);
+}
+
+void SaeClient::AddCredentials(grpc::ClientContext* ctx) const {
+  if (!options_.security.token.empty()) {
+    ctx->AddMetadata("authorization", "Bearer " + options_.security.token);
+  }
 }
 
 std::unique_ptr<grpc::ClientContext> SaeClient::Context() const {
   auto ctx = std::make_unique<grpc::ClientContext>();
+  AddCredentials(ctx.get());
   ctx->set_deadline(std::chrono::system_clock::now() + options_.deadline);
   return ctx;
 }
@@ -188,6 +247,7 @@ absl::StatusOr<v1::TrainingJob> SaeClient::WatchJob(
   // A watch may outlive the per-call deadline: reconnect until the job ends.
   for (int attempt = 0; attempt < 1000; ++attempt) {
     grpc::ClientContext ctx;
+    AddCredentials(&ctx);
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::hours(24));
     auto reader = stub_->WatchTrainingJob(&ctx, request);
     v1::WatchTrainingJobResponse event;
@@ -342,6 +402,7 @@ absl::Status SaeClient::Stream(StreamOp op, const v1::ModelRef& model, ConstMatr
                                const std::function<absl::Status(const RowMatrix&)>& sink) {
   if (batch_rows < 1) return absl::InvalidArgumentError("batch_rows must be >= 1");
   grpc::ClientContext ctx;
+  AddCredentials(&ctx);
   ctx.set_deadline(std::chrono::system_clock::now() + options_.deadline * 100);
   switch (op) {
     case StreamOp::kEncode:

@@ -21,15 +21,39 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/tensor.h"
+#include "grpcpp/security/credentials.h"
 #include "sae/v1/sae.grpc.pb.h"
 
 namespace sae::client {
+
+// Transport security and credentials (docs/security.md).
+struct ClientSecurity {
+  bool tls = false;      // false: plaintext
+  std::string ca_pem;    // roots that sign the server's certificate (empty: the system's)
+  std::string cert_pem;  // client certificate chain, for mutual TLS
+  std::string key_pem;   // its private key
+  std::string token;     // bearer token sent with every call (empty: none)
+};
+
+// Reads the files behind the CLI's --tls, --tls-ca, --tls-cert, --tls-key and
+// --token-file (empty paths are skipped). TLS is on when `tls` is set or any
+// TLS file is given. The token file holds the token alone. NOT_FOUND for a
+// file that cannot be read, INVALID_ARGUMENT for a bad one.
+absl::StatusOr<ClientSecurity> LoadClientSecurity(bool tls, const std::string& ca_file,
+                                                  const std::string& cert_file,
+                                                  const std::string& key_file,
+                                                  const std::string& token_file);
+
+// Channel credentials for `security` (TLS or plaintext; the token travels as
+// call metadata, see SaeClient).
+std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(const ClientSecurity& security);
 
 struct ClientOptions {
   std::chrono::milliseconds deadline{30000};  // per call (streams: whole stream)
   int max_attempts = 4;                       // for calls safe to retry
   std::chrono::milliseconds initial_backoff{100};
   int64_t max_message_bytes = 64 << 20;
+  ClientSecurity security;
 };
 
 // Parses "name", "name@3" or "name:label" into a v1::ModelRef.
@@ -91,6 +115,8 @@ class SaeClient {
  private:
   SaeClient(std::string address, ClientOptions options);
   std::unique_ptr<grpc::ClientContext> Context() const;
+  // Adds the bearer token, if any, to a call's metadata.
+  void AddCredentials(grpc::ClientContext* ctx) const;
   // Runs `call` up to max_attempts times while it fails with UNAVAILABLE.
   absl::Status Retry(const std::function<grpc::Status(grpc::ClientContext*)>& call) const;
 

@@ -19,10 +19,17 @@
 #include "client/png_grid.h"
 #include "client/sae_client.h"
 #include "core/dataset_io.h"
+#include "core/flag_util.h"
 #include "core/metrics.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051", "address of sae_server (host:port)");
 ABSL_FLAG(int, timeout_s, 60, "deadline of each call in seconds");
+// Security (docs/security.md).
+ABSL_FLAG(bool, tls, false, "use TLS, trusting the system's CAs (implied by --tls-ca/--tls-cert)");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA bundle that signs the server's certificate");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate, for servers that require one");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
+ABSL_FLAG(std::string, token_file, "", "file holding the bearer token sent with every call");
 // Data selection.
 ABSL_FLAG(std::string, data, "", "train: input file (.npy, .csv or .f32)");
 ABSL_FLAG(std::string, input, "", "encode/decode/reconstruct/denoise: input file");
@@ -87,7 +94,9 @@ constexpr char kUsage[] =
     "  sae_client encode|decode|reconstruct|denoise --model=REF --input=FILE --output=FILE\n"
     "  sae_client denoise ... --add_noise=0.3 --png=denoise.png\n"
     "  sae_client features --model=REF --png=features.png [--count=100]\n\n"
-    "Common flags: --server=host:port (default localhost:50051), --timeout_s.\n"
+    "Common flags: --server=host:port (default localhost:50051), --timeout_s,\n"
+    "  --tls-ca=CA.pem [--tls-cert=CLIENT.pem --tls-key=CLIENT.key] (TLS; plaintext without),\n"
+    "  --token-file=FILE (bearer token). Flags take dashes or underscores.\n"
     "Files: .npy (float32, float64, uint8 scaled to [0,1]), .csv, .f32 (with --columns).";
 
 int Fail(const absl::Status& s) {
@@ -508,11 +517,17 @@ int CmdFeatures(SaeClient& client) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(kUsage);
+  sae::NormalizeFlagDashes(argc, argv);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) return Usage("no command");
   const std::string cmd = args[1];
   sae::client::ClientOptions options;
   options.deadline = std::chrono::seconds(std::max(1, absl::GetFlag(FLAGS_timeout_s)));
+  absl::StatusOr<sae::client::ClientSecurity> security = sae::client::LoadClientSecurity(
+      absl::GetFlag(FLAGS_tls), absl::GetFlag(FLAGS_tls_ca), absl::GetFlag(FLAGS_tls_cert),
+      absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_token_file));
+  if (!security.ok()) return Fail(security.status());
+  options.security = std::move(*security);
   std::unique_ptr<SaeClient> client = SaeClient::Create(absl::GetFlag(FLAGS_server), options);
   if (cmd == "health") {
     absl::Status s = client->CheckHealth();

@@ -40,7 +40,8 @@ if server:
     need(server["spec"]["replicas"] >= 2, "sae-server needs at least 2 replicas")
     c = container(server)
     for probe in ("readinessProbe", "livenessProbe"):
-        need(c.get(probe, {}).get("grpc", {}).get("port") == 50051, f"sae-server {probe} must be gRPC on 50051")
+        need(c.get(probe, {}).get("grpc", {}).get("port") == 8081,
+             f"sae-server {probe} must be gRPC on the health port 8081")
     for kind in ("requests", "limits"):
         need({"cpu", "memory"} <= set(c.get("resources", {}).get(kind, {})), f"sae-server resources.{kind} needs cpu and memory")
     tgps = server["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
@@ -51,6 +52,17 @@ if server:
 
 svc = docs.get(("Service", "sae-server"))
 need(svc is not None and svc["spec"].get("clusterIP") == "None", "Service sae-server must be headless (clusterIP: None)")
+
+# Transport security: TLS with tokens, and a plaintext health-only port for the probes.
+for name in ("sae-server", "sae-trainer"):
+    d = docs.get(("Deployment", name))
+    if d:
+        args = container(d).get("args", [])
+        for flag in ("--tls_cert=", "--tls_key=", "--token_file=", "--health_listen=0.0.0.0:8081"):
+            need(any(a.startswith(flag) for a in args), f"{name} needs {flag}")
+        need("--plaintext" not in args, f"{name} must not serve plaintext")
+        secrets = {v.get("secret", {}).get("secretName") for v in d["spec"]["template"]["spec"]["volumes"]}
+        need({"sae-tls", "sae-tokens"} <= secrets, f"{name} must mount the Secrets sae-tls and sae-tokens")
 
 trainer = docs.get(("Deployment", "sae-trainer"))
 need(trainer is not None, "Deployment sae-trainer is missing")
@@ -70,6 +82,9 @@ need(job is not None, "Job sae-denoise-batch is missing")
 if job:
     need(container(job)["image"].startswith("sae-client"), "the batch Job must use the client image")
     need(job["spec"]["template"]["spec"].get("restartPolicy") in ("Never", "OnFailure"), "Job restartPolicy")
+    args = container(job).get("args", [])
+    need(any(a.startswith("--tls-ca=") for a in args) and any(a.startswith("--token-file=") for a in args),
+         "the batch Job must use TLS and a token")
 
 if problems:
     for p in problems:

@@ -69,7 +69,7 @@ cleanup() {
 trap cleanup EXIT
 # The image's own user and entrypoint, with a loopback port for the test.
 "${BUILDAH[@]}" run --isolation chroot --network host --user sae "$CTR" -- \
-  /usr/local/bin/sae_server --listen="127.0.0.1:$PORT" --store=/var/lib/sae/models \
+  /usr/local/bin/sae_server --plaintext --listen="127.0.0.1:$PORT" --store=/var/lib/sae/models \
   --datasets=/var/lib/sae/datasets > /tmp/sae-smoke-server.log 2>&1 &
 RUN_PID=$!
 C=("$BIN/sae_client" "--server=127.0.0.1:$PORT" "--timeout_s=30")

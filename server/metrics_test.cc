@@ -61,6 +61,7 @@ TEST(MetricsTest, ScrapeShowsCountersMoving) {
   ASSERT_TRUE(RemoveTree(root).ok());
   ServerOptions options;
   options.listen_address = "127.0.0.1:0";
+  options.security.plaintext = true;
   options.store_root = root + "/models";
   options.metrics_listen = "127.0.0.1:0";
   auto server = Server::Start(options);

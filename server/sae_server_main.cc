@@ -10,6 +10,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "core/blas.h"
+#include "core/flag_util.h"
 #include "server/log.h"
 #include "server/server.h"
 
@@ -46,6 +47,19 @@ ABSL_FLAG(std::string, batch_models, "",
           "per-model batching: NAME=off or NAME=MAX_ROWS:DELAY_US, comma-separated");
 ABSL_FLAG(std::string, metrics_listen, "",
           "serve Prometheus metrics over HTTP on this address (e.g. 0.0.0.0:9090); empty: off");
+ABSL_FLAG(std::string, health_listen, "",
+          "also serve grpc.health.v1 alone, plaintext and without tokens, on this address (for "
+          "probes that cannot speak TLS); empty: off");
+ABSL_FLAG(bool, plaintext, false,
+          "serve without TLS (only on a trusted network or behind a TLS proxy); without it "
+          "--tls_cert and --tls_key are required");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain of the server (TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: require client certificates signed by it (mutual TLS)");
+ABSL_FLAG(std::string, token_file, "",
+          "bearer tokens with roles, lines 'ROLE TOKEN [NAME]' (ROLE read or admin); empty: "
+          "no token checks (docs/security.md)");
 ABSL_FLAG(int, shutdown_grace_s, 10,
           "on SIGTERM/SIGINT: seconds in-flight calls get to finish");
 
@@ -62,7 +76,11 @@ int main(int argc, char** argv) {
       "Trains sparse autoencoders as jobs, keeps versioned models in a store, and serves\n"
       "Encode, Decode, Reconstruct and Denoise. Health (grpc.health.v1) and server reflection\n"
       "are on.\n\n"
-      "Usage: sae_server [--listen=0.0.0.0:50051] [--store=./var/models] [flags]");
+      "Usage: sae_server --tls_cert=CERT --tls_key=KEY [--tls_client_ca=CA] [--token_file=F]\n"
+      "                  [--listen=0.0.0.0:50051] [--store=./var/models] [flags]\n"
+      "   or: sae_server --plaintext [flags]   (no TLS: trusted networks only)\n"
+      "Flags may be spelled with dashes or underscores (--tls-cert, --tls_cert).");
+  sae::NormalizeFlagDashes(argc, argv);
   absl::ParseCommandLine(argc, argv);
   sae::server::ServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen);
@@ -82,6 +100,12 @@ int main(int argc, char** argv) {
   options.batch_max_queued_rows = absl::GetFlag(FLAGS_batch_max_queued_rows);
   options.batch_model_overrides = absl::GetFlag(FLAGS_batch_models);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.health_listen = absl::GetFlag(FLAGS_health_listen);
+  options.security.plaintext = absl::GetFlag(FLAGS_plaintext);
+  options.security.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.security.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.security.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.security.token_file = absl::GetFlag(FLAGS_token_file);
   if (absl::GetFlag(FLAGS_compute_threads) < 0 || absl::GetFlag(FLAGS_shutdown_grace_s) < 0 ||
       absl::GetFlag(FLAGS_reload_interval_ms) < 0) {
     std::fprintf(stderr, "sae_server: --compute_threads, --shutdown_grace_s and "

@@ -202,9 +202,26 @@ std::string TempDir(const std::string& root) {
 
 SaeService::SaeService(ModelStore* store, ModelRegistry* registry, TrainingJobManager* jobs,
                        DatasetStore* datasets, Batcher* batcher, Metrics* metrics,
-                       ServiceLimits limits)
+                       const TokenAuthenticator* auth, ServiceLimits limits)
     : store_(store), registry_(registry), jobs_(jobs), datasets_(datasets), batcher_(batcher),
-      metrics_(metrics), limits_(limits) {}
+      metrics_(metrics), auth_(auth), limits_(limits) {}
+
+grpc::Status SaeService::Authorize(grpc::ServerContext* context, absl::string_view method) const {
+  if (auth_ == nullptr) return grpc::Status::OK;
+  absl::string_view header;
+  const auto& metadata = context->client_metadata();
+  if (auto it = metadata.find("authorization"); it != metadata.end()) {
+    header = absl::string_view(it->second.data(), it->second.size());
+  }
+  std::string caller;
+  absl::Status status = auth_->Check(header, method, &caller);
+  if (status.code() == absl::StatusCode::kPermissionDenied) {
+    // Names the caller by the token's name; the token itself is never logged.
+    LogLine("auth", absl::StrCat("refused ", method, " to '", caller, "' from ", context->peer(),
+                                 ": read role"));
+  }
+  return ToGrpcStatus(status);
+}
 
 absl::Status SaeService::Compute(const std::string& model_name, const ServedModel& served,
                                  BatchOp op, ConstMatrixRef x, const CallInfo& call,
@@ -280,29 +297,33 @@ absl::Status SaeService::DoTrain(const v1::TrainRequest& request, v1::TrainRespo
   return absl::OkStatus();
 }
 
-grpc::Status SaeService::Train(grpc::ServerContext*, const v1::TrainRequest* request,
+grpc::Status SaeService::Train(grpc::ServerContext* context, const v1::TrainRequest* request,
                                v1::TrainResponse* response) {
+  if (grpc::Status denied = Authorize(context, "Train"); !denied.ok()) return denied;
   return ToGrpcStatus(DoTrain(*request, response));
 }
 
-grpc::Status SaeService::GetTrainingJob(grpc::ServerContext*,
+grpc::Status SaeService::GetTrainingJob(grpc::ServerContext* context,
                                         const v1::GetTrainingJobRequest* request,
                                         v1::GetTrainingJobResponse* response) {
+  if (grpc::Status denied = Authorize(context, "GetTrainingJob"); !denied.ok()) return denied;
   absl::StatusOr<JobInfo> job = jobs_->Get(request->job_id());
   if (!job.ok()) return ToGrpcStatus(job.status());
   JobToProto(*job, response->mutable_job());
   return grpc::Status::OK;
 }
 
-grpc::Status SaeService::ListTrainingJobs(grpc::ServerContext*, const v1::ListTrainingJobsRequest*,
+grpc::Status SaeService::ListTrainingJobs(grpc::ServerContext* context, const v1::ListTrainingJobsRequest*,
                                           v1::ListTrainingJobsResponse* response) {
+  if (grpc::Status denied = Authorize(context, "ListTrainingJobs"); !denied.ok()) return denied;
   for (const JobInfo& j : jobs_->List()) JobToProto(j, response->add_jobs());
   return grpc::Status::OK;
 }
 
-grpc::Status SaeService::CancelTrainingJob(grpc::ServerContext*,
+grpc::Status SaeService::CancelTrainingJob(grpc::ServerContext* context,
                                            const v1::CancelTrainingJobRequest* request,
                                            v1::CancelTrainingJobResponse* response) {
+  if (grpc::Status denied = Authorize(context, "CancelTrainingJob"); !denied.ok()) return denied;
   absl::StatusOr<JobInfo> job = jobs_->Cancel(request->job_id());
   if (!job.ok()) return ToGrpcStatus(job.status());
   JobToProto(*job, response->mutable_job());
@@ -312,6 +333,7 @@ grpc::Status SaeService::CancelTrainingJob(grpc::ServerContext*,
 grpc::Status SaeService::WatchTrainingJob(grpc::ServerContext* context,
                                           const v1::WatchTrainingJobRequest* request,
                                           grpc::ServerWriter<v1::WatchTrainingJobResponse>* writer) {
+  if (grpc::Status denied = Authorize(context, "WatchTrainingJob"); !denied.ok()) return denied;
   int64_t revision = -1;
   while (true) {
     if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled");
@@ -333,6 +355,7 @@ grpc::Status SaeService::WatchTrainingJob(grpc::ServerContext* context,
 grpc::Status SaeService::UploadDataset(grpc::ServerContext* context,
                                        grpc::ServerReader<v1::UploadDatasetRequest>* reader,
                                        v1::UploadDatasetResponse* response) {
+  if (grpc::Status denied = Authorize(context, "UploadDataset"); !denied.ok()) return denied;
   v1::UploadDatasetRequest chunk;
   std::unique_ptr<DatasetUpload> upload;
   while (reader->Read(&chunk)) {
@@ -361,8 +384,9 @@ grpc::Status SaeService::UploadDataset(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status SaeService::ListDatasets(grpc::ServerContext*, const v1::ListDatasetsRequest*,
+grpc::Status SaeService::ListDatasets(grpc::ServerContext* context, const v1::ListDatasetsRequest*,
                                       v1::ListDatasetsResponse* response) {
+  if (grpc::Status denied = Authorize(context, "ListDatasets"); !denied.ok()) return denied;
   absl::StatusOr<std::vector<DatasetInfo>> list = datasets_->List();
   if (!list.ok()) return ToGrpcStatus(list.status());
   for (const DatasetInfo& info : *list) {
@@ -377,8 +401,9 @@ grpc::Status SaeService::ListDatasets(grpc::ServerContext*, const v1::ListDatase
   return grpc::Status::OK;
 }
 
-grpc::Status SaeService::DeleteDataset(grpc::ServerContext*, const v1::DeleteDatasetRequest* request,
+grpc::Status SaeService::DeleteDataset(grpc::ServerContext* context, const v1::DeleteDatasetRequest* request,
                                        v1::DeleteDatasetResponse*) {
+  if (grpc::Status denied = Authorize(context, "DeleteDataset"); !denied.ok()) return denied;
   return ToGrpcStatus(datasets_->Delete(request->dataset_id()));
 }
 
@@ -471,12 +496,14 @@ absl::Status SaeService::DoDenoise(const v1::DenoiseRequest& request, v1::Denois
 
 grpc::Status SaeService::Encode(grpc::ServerContext* context, const v1::EncodeRequest* request,
                                 v1::EncodeResponse* response) {
+  if (grpc::Status denied = Authorize(context, "Encode"); !denied.ok()) return denied;
   if (absl::Status s = CheckContext(context); !s.ok()) return ToGrpcStatus(s);
   return ToGrpcStatus(DoEncode(*request, response, InfoOf(context)));
 }
 
 grpc::Status SaeService::Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
                                 v1::DecodeResponse* response) {
+  if (grpc::Status denied = Authorize(context, "Decode"); !denied.ok()) return denied;
   if (absl::Status s = CheckContext(context); !s.ok()) return ToGrpcStatus(s);
   return ToGrpcStatus(DoDecode(*request, response));
 }
@@ -484,12 +511,14 @@ grpc::Status SaeService::Decode(grpc::ServerContext* context, const v1::DecodeRe
 grpc::Status SaeService::Reconstruct(grpc::ServerContext* context,
                                      const v1::ReconstructRequest* request,
                                      v1::ReconstructResponse* response) {
+  if (grpc::Status denied = Authorize(context, "Reconstruct"); !denied.ok()) return denied;
   if (absl::Status s = CheckContext(context); !s.ok()) return ToGrpcStatus(s);
   return ToGrpcStatus(DoReconstruct(*request, response, InfoOf(context)));
 }
 
 grpc::Status SaeService::Denoise(grpc::ServerContext* context, const v1::DenoiseRequest* request,
                                  v1::DenoiseResponse* response) {
+  if (grpc::Status denied = Authorize(context, "Denoise"); !denied.ok()) return denied;
   if (absl::Status s = CheckContext(context); !s.ok()) return ToGrpcStatus(s);
   return ToGrpcStatus(DoDenoise(*request, response, InfoOf(context)));
 }
@@ -526,6 +555,7 @@ grpc::Status ServeStream(grpc::ServerContext* context, grpc::ServerReaderWriter<
 grpc::Status SaeService::StreamEncode(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::StreamEncodeResponse, v1::StreamEncodeRequest>* stream) {
+  if (grpc::Status denied = Authorize(context, "StreamEncode"); !denied.ok()) return denied;
   return ServeStream(context, stream,
                      [this, context](const v1::StreamEncodeRequest& r, v1::StreamEncodeResponse* out) {
                        return DoEncode(r.request(), out->mutable_response(), InfoOf(context));
@@ -535,6 +565,7 @@ grpc::Status SaeService::StreamEncode(
 grpc::Status SaeService::StreamReconstruct(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::StreamReconstructResponse, v1::StreamReconstructRequest>* stream) {
+  if (grpc::Status denied = Authorize(context, "StreamReconstruct"); !denied.ok()) return denied;
   return ServeStream(context, stream,
                      [this, context](const v1::StreamReconstructRequest& r, v1::StreamReconstructResponse* out) {
                        return DoReconstruct(r.request(), out->mutable_response(), InfoOf(context));
@@ -544,6 +575,7 @@ grpc::Status SaeService::StreamReconstruct(
 grpc::Status SaeService::StreamDenoise(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::StreamDenoiseResponse, v1::StreamDenoiseRequest>* stream) {
+  if (grpc::Status denied = Authorize(context, "StreamDenoise"); !denied.ok()) return denied;
   return ServeStream(context, stream,
                      [this, context](const v1::StreamDenoiseRequest& r, v1::StreamDenoiseResponse* out) {
                        return DoDenoise(r.request(), out->mutable_response(), InfoOf(context));
@@ -552,8 +584,9 @@ grpc::Status SaeService::StreamDenoise(
 
 // ---- models ------------------------------------------------------------
 
-grpc::Status SaeService::ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+grpc::Status SaeService::ListModels(grpc::ServerContext* context, const v1::ListModelsRequest*,
                                     v1::ListModelsResponse* response) {
+  if (grpc::Status denied = Authorize(context, "ListModels"); !denied.ok()) return denied;
   absl::StatusOr<StoreSnapshot> snap = store_->Snapshot();
   if (!snap.ok()) return ToGrpcStatus(snap.status());
   for (const auto& [name, state] : snap->models) {
@@ -566,8 +599,9 @@ grpc::Status SaeService::ListModels(grpc::ServerContext*, const v1::ListModelsRe
   return grpc::Status::OK;
 }
 
-grpc::Status SaeService::GetModel(grpc::ServerContext*, const v1::GetModelRequest* request,
+grpc::Status SaeService::GetModel(grpc::ServerContext* context, const v1::GetModelRequest* request,
                                   v1::GetModelResponse* response) {
+  if (grpc::Status denied = Authorize(context, "GetModel"); !denied.ok()) return denied;
   absl::StatusOr<std::vector<VersionInfo>> versions = store_->ListVersions(request->name());
   if (!versions.ok()) return ToGrpcStatus(versions.status());
   absl::StatusOr<std::map<std::string, int64_t>> labels = store_->Labels(request->name());
@@ -583,9 +617,10 @@ grpc::Status SaeService::GetModel(grpc::ServerContext*, const v1::GetModelReques
   return grpc::Status::OK;
 }
 
-grpc::Status SaeService::DeleteModelVersion(grpc::ServerContext*,
+grpc::Status SaeService::DeleteModelVersion(grpc::ServerContext* context,
                                             const v1::DeleteModelVersionRequest* request,
                                             v1::DeleteModelVersionResponse*) {
+  if (grpc::Status denied = Authorize(context, "DeleteModelVersion"); !denied.ok()) return denied;
   if (request->version() < 1) return ToGrpcStatus(Invalid("version", "must be >= 1"));
   absl::Status s = store_->DeleteVersion(request->name(), request->version(), request->force());
   if (s.ok()) {
@@ -595,8 +630,9 @@ grpc::Status SaeService::DeleteModelVersion(grpc::ServerContext*,
   return ToGrpcStatus(s);
 }
 
-grpc::Status SaeService::SetModelLabel(grpc::ServerContext*, const v1::SetModelLabelRequest* request,
+grpc::Status SaeService::SetModelLabel(grpc::ServerContext* context, const v1::SetModelLabelRequest* request,
                                        v1::SetModelLabelResponse* response) {
+  if (grpc::Status denied = Authorize(context, "SetModelLabel"); !denied.ok()) return denied;
   if (request->version() < 0) return ToGrpcStatus(Invalid("version", "must be >= 0"));
   absl::Status s = request->version() == 0
                        ? store_->RemoveLabel(request->name(), request->label())
@@ -612,6 +648,7 @@ grpc::Status SaeService::SetModelLabel(grpc::ServerContext*, const v1::SetModelL
 grpc::Status SaeService::ImportModel(grpc::ServerContext* context,
                                      grpc::ServerReader<v1::ImportModelRequest>* reader,
                                      v1::ImportModelResponse* response) {
+  if (grpc::Status denied = Authorize(context, "ImportModel"); !denied.ok()) return denied;
   const std::string dir = TempDir(store_->root());
   if (absl::Status s = MakeDirectory(dir); !s.ok()) return ToGrpcStatus(s);
   struct Cleanup {
@@ -673,6 +710,7 @@ grpc::Status SaeService::ImportModel(grpc::ServerContext* context,
 grpc::Status SaeService::ExportModel(grpc::ServerContext* context,
                                      const v1::ExportModelRequest* request,
                                      grpc::ServerWriter<v1::ExportModelResponse>* writer) {
+  if (grpc::Status denied = Authorize(context, "ExportModel"); !denied.ok()) return denied;
   absl::StatusOr<ModelRef> ref = FromProto(request->model(), "model");
   if (!ref.ok()) return ToGrpcStatus(ref.status());
   absl::StatusOr<int64_t> version = store_->Resolve(*ref);

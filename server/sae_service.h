@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 
 #include "sae/v1/sae.grpc.pb.h"
+#include "server/auth.h"
 #include "server/batcher.h"
 #include "server/dataset_store.h"
 #include "server/metrics.h"
@@ -34,9 +35,11 @@ struct CallInfo {
 class SaeService final : public v1::SparseAutoencoderService::Service {
  public:
   // Every pointer must outlive the service.
-  // `batcher` may be null (no batching), `metrics` too (none recorded).
+  // `batcher` may be null (no batching), `metrics` too (none recorded), and
+  // `auth` too (every caller may call everything).
   SaeService(ModelStore* store, ModelRegistry* registry, TrainingJobManager* jobs,
-             DatasetStore* datasets, Batcher* batcher, Metrics* metrics, ServiceLimits limits);
+             DatasetStore* datasets, Batcher* batcher, Metrics* metrics,
+             const TokenAuthenticator* auth, ServiceLimits limits);
 
   grpc::Status Train(grpc::ServerContext*, const v1::TrainRequest*, v1::TrainResponse*) override;
   grpc::Status GetTrainingJob(grpc::ServerContext*, const v1::GetTrainingJobRequest*,
@@ -102,7 +105,12 @@ class SaeService final : public v1::SparseAutoencoderService::Service {
   DatasetStore* const datasets_;
   Batcher* const batcher_;
   Metrics* const metrics_;
+  const TokenAuthenticator* const auth_;
   const ServiceLimits limits_;
+
+  // Every handler's first step: OK, UNAUTHENTICATED or PERMISSION_DENIED
+  // for calling `method` with the call's bearer token.
+  grpc::Status Authorize(grpc::ServerContext* context, absl::string_view method) const;
 
   // Runs `op` through the batcher when there is one, directly otherwise.
   absl::Status Compute(const std::string& model_name, const ServedModel& served, BatchOp op,

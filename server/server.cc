@@ -1,10 +1,12 @@
 #include "server/server.h"
 
 #include "absl/strings/str_cat.h"
+#include "core/file_util.h"
 #include "core/model_store.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "server/auth.h"
 #include "server/batcher.h"
 #include "server/dataset_store.h"
 #include "server/log.h"
@@ -15,7 +17,59 @@
 
 namespace sae::server {
 
+namespace {
+
+absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
+  absl::StatusOr<std::string> pem = ReadSmallFile(path, 1 << 20);
+  if (!pem.ok()) {
+    return absl::Status(pem.status().code(), absl::StrCat(what, ": ", pem.status().message()));
+  }
+  if (pem->find("-----BEGIN ") == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " '", path, "' is not PEM (no '-----BEGIN' line)"));
+  }
+  return pem;
+}
+
+// TLS (optionally mutual) credentials, or plaintext when asked for.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
+    const SecurityOptions& o) {
+  const bool any_tls = !o.tls_cert_file.empty() || !o.tls_key_file.empty() ||
+                       !o.tls_client_ca_file.empty();
+  if (o.plaintext) {
+    if (any_tls) {
+      return absl::InvalidArgumentError(
+          "plaintext excludes tls_cert, tls_key and tls_client_ca: choose one");
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  if (o.tls_cert_file.empty() || o.tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "no transport security chosen: give tls_cert and tls_key (TLS), or plaintext to serve "
+        "without TLS");
+  }
+  grpc::SslServerCredentialsOptions ssl;
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  absl::StatusOr<std::string> cert = ReadPem(o.tls_cert_file, "tls_cert");
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> key = ReadPem(o.tls_key_file, "tls_key");
+  if (!key.ok()) return key.status();
+  pair.cert_chain = std::move(*cert);
+  pair.private_key = std::move(*key);
+  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  if (!o.tls_client_ca_file.empty()) {
+    absl::StatusOr<std::string> ca = ReadPem(o.tls_client_ca_file, "tls_client_ca");
+    if (!ca.ok()) return ca.status();
+    ssl.pem_root_certs = std::move(*ca);
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
+
 struct Server::Impl {
+  std::unique_ptr<TokenAuthenticator> auth;
   std::unique_ptr<Metrics> metrics;
   std::unique_ptr<ModelStore> store;
   std::unique_ptr<DatasetStore> datasets;
@@ -24,7 +78,14 @@ struct Server::Impl {
   std::unique_ptr<Batcher> batcher;
   std::unique_ptr<SaeService> service;
   std::unique_ptr<grpc::Server> grpc_server;
+  std::unique_ptr<grpc::Server> health_server;  // --health_listen
   int port = 0;
+  int health_port = 0;
+
+  void SetServing(bool serving) {
+    grpc_server->GetHealthCheckService()->SetServingStatus(serving);
+    if (health_server) health_server->GetHealthCheckService()->SetServingStatus(serving);
+  }
   bool shut_down = false;
 };
 
@@ -33,6 +94,8 @@ Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Server::~Server() { Shutdown(std::chrono::milliseconds(0)); }
 
 int Server::port() const { return impl_->port; }
+
+int Server::health_port() const { return impl_->health_port; }
 
 int Server::metrics_port() const { return impl_->metrics ? impl_->metrics->port() : 0; }
 
@@ -47,7 +110,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     // A job always passes through the queue, however briefly.
     return absl::InvalidArgumentError("max_training_jobs and max_queued_jobs must be >= 1");
   }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      MakeCredentials(options.security);
+  if (!credentials.ok()) return credentials.status();
   auto impl = std::make_unique<Impl>();
+  if (!options.security.token_file.empty()) {
+    absl::StatusOr<std::unique_ptr<TokenAuthenticator>> auth =
+        TokenAuthenticator::FromFile(options.security.token_file);
+    if (!auth.ok()) return auth.status();
+    impl->auth = std::move(*auth);
+  }
   if (!options.metrics_listen.empty()) {
     absl::StatusOr<std::unique_ptr<Metrics>> metrics = Metrics::Start(options.metrics_listen);
     if (!metrics.ok()) return metrics.status();
@@ -93,12 +165,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   }
   impl->service = std::make_unique<SaeService>(
       impl->store.get(), impl->registry.get(), impl->jobs.get(), impl->datasets.get(),
-      impl->batcher.get(), metrics, ServiceLimits{options.max_rows_per_request, 1 << 20, options.accept_training});
+      impl->batcher.get(), metrics, impl->auth.get(), ServiceLimits{options.max_rows_per_request, 1 << 20, options.accept_training});
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &impl->port);
+  builder.AddListeningPort(options.listen_address, *credentials, &impl->port);
   builder.RegisterService(impl->service.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
@@ -116,11 +188,31 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     return absl::UnavailableError(
         absl::StrCat("cannot listen on '", options.listen_address, "' (in use, or not an address)"));
   }
-  impl->grpc_server->GetHealthCheckService()->SetServingStatus(true);
+  if (!options.health_listen.empty()) {
+    // A server of its own: only the default health service is registered.
+    grpc::ServerBuilder health;
+    health.AddListeningPort(options.health_listen, grpc::InsecureServerCredentials(),
+                            &impl->health_port);
+    impl->health_server = health.BuildAndStart();
+    if (impl->health_server == nullptr || impl->health_port == 0) {
+      impl->grpc_server->Shutdown();
+      return absl::UnavailableError(absl::StrCat(
+          "cannot listen for health on '", options.health_listen, "' (in use, or not an address)"));
+    }
+  }
+  impl->SetServing(true);
+  const SecurityOptions& sec = options.security;
   LogLine("server", absl::StrCat("serving on port ", impl->port, ", store '",
-                                 options.store_root, "'",
+                                 options.store_root, "', ",
+                                 sec.plaintext ? "plaintext"
+                                 : sec.tls_client_ca_file.empty() ? "TLS" : "mutual TLS",
+                                 impl->auth ? absl::StrCat(", ", impl->auth->size(), " tokens")
+                                            : std::string(", no tokens"),
                                  metrics != nullptr ? absl::StrCat(", metrics on port ", metrics->port())
-                                                    : std::string()));
+                                                    : std::string(),
+                                 impl->health_port != 0
+                                     ? absl::StrCat(", health on port ", impl->health_port)
+                                     : std::string()));
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
@@ -130,11 +222,12 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
   if (impl_ == nullptr || impl_->shut_down) return;
   impl_->shut_down = true;
   LogLine("server", "shutting down");
-  impl_->grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  impl_->SetServing(false);
   // Training first: running jobs become INTERRUPTED and publish nothing, so
   // watchers see a final state before their streams end.
   impl_->jobs->Shutdown();
   impl_->grpc_server->Shutdown(std::chrono::system_clock::now() + grace);
+  if (impl_->health_server) impl_->health_server->Shutdown();
   impl_->registry.reset();
   LogLine("server", "stopped");
 }

@@ -12,6 +12,17 @@
 
 namespace sae::server {
 
+// Transport security and who may call (docs/security.md). Serving without
+// TLS must be asked for with `plaintext`.
+struct SecurityOptions {
+  bool plaintext = false;          // no TLS: only on a trusted network or behind a TLS proxy
+  std::string tls_cert_file;       // PEM certificate chain of the server
+  std::string tls_key_file;        // PEM private key of that certificate
+  std::string tls_client_ca_file;  // PEM CA bundle: when set, clients must present a
+                                   // certificate signed by it (mutual TLS)
+  std::string token_file;          // bearer tokens with roles (server/auth.h); empty: none
+};
+
 struct ServerOptions {
   std::string listen_address = "0.0.0.0:50051";  // port 0: pick a free one
   std::string store_root = "./var/models";
@@ -33,17 +44,26 @@ struct ServerOptions {
   std::string batch_model_overrides;
   // Prometheus metrics over HTTP on this address ("host:port"); empty: off.
   std::string metrics_listen;
+  // grpc.health.v1 alone, plaintext and without tokens, on this address
+  // (for probes that cannot speak TLS, such as Kubernetes' gRPC probes);
+  // empty: off. Health is also served on the main port.
+  std::string health_listen;
+  SecurityOptions security;
 };
 
 class Server {
  public:
-  // Opens the stores and starts listening. INVALID_ARGUMENT for bad options,
-  // UNAVAILABLE when the address cannot be bound.
+  // Opens the stores and starts listening. INVALID_ARGUMENT for bad options
+  // (including no transport security chosen), NOT_FOUND for a certificate,
+  // key or token file that cannot be read, UNAVAILABLE when the address
+  // cannot be bound.
   static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options);
   ~Server();
 
   // The port actually bound (useful with port 0).
   int port() const;
+  // The health-only port, or 0 when it is off.
+  int health_port() const;
   // The metrics port, or 0 when metrics are off.
   int metrics_port() const;
   // Blocks until Shutdown.

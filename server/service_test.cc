@@ -52,6 +52,7 @@ class ServiceTest : public ::testing::Test {
     ASSERT_TRUE(RemoveTree(root_).ok());
     ServerOptions options;
     options.listen_address = "127.0.0.1:0";
+    options.security.plaintext = true;
     options.store_root = root_ + "/models";
     options.datasets_root = root_ + "/datasets";
     options.max_rows_per_request = 1000;
@@ -595,6 +596,7 @@ TEST(ServingOnlyReplicaTest, RefusesTrainWithFailedPrecondition) {
   ASSERT_TRUE(RemoveTree(root).ok());
   ServerOptions options;
   options.listen_address = "127.0.0.1:0";
+  options.security.plaintext = true;
   options.store_root = root + "/models";
   options.accept_training = false;
   auto server = Server::Start(options);
@@ -626,7 +628,7 @@ TEST(ServerBinaryTest, TrainsServesAndShutsDownOnSigterm) {
     ::dup2(out_pipe[1], 1);
     ::close(out_pipe[0]);
     const std::string store = "--store=" + root + "/models";
-    ::execl(SAE_SERVER_BINARY, SAE_SERVER_BINARY, "--listen=127.0.0.1:0", store.c_str(),
+    ::execl(SAE_SERVER_BINARY, SAE_SERVER_BINARY, "--plaintext", "--listen=127.0.0.1:0", store.c_str(),
             "--shutdown_grace_s=2", static_cast<char*>(nullptr));
     ::_exit(127);
   }

@@ -4,7 +4,7 @@
 set -uo pipefail
 BIN="$1" DATA="$2" STUBS="$3" SCRIPT="$(dirname "${BASH_SOURCE[0]}")/sae_example.py"
 WORK="$(mktemp -d)"
-"$BIN/sae_server" --listen=127.0.0.1:0 --store="$WORK/models" > "$WORK/server.out" 2> "$WORK/server.log" &
+"$BIN/sae_server" --plaintext --listen=127.0.0.1:0 --store="$WORK/models" > "$WORK/server.out" 2> "$WORK/server.log" &
 SERVER_PID=$!
 trap 'kill $SERVER_PID 2> /dev/null; wait $SERVER_PID 2> /dev/null; rm -rf "$WORK"' EXIT
 for _ in $(seq 100); do grep -q "listening on port" "$WORK/server.out" 2> /dev/null && break; sleep 0.1; done
