@@ -282,6 +282,7 @@ TEST_F(SecureServerTest, BadSecurityOptionsAreRefusedAtStart) {
     o.listen_address = "127.0.0.1:0";
     o.store_root = *dir_ + "/models2";
     o.datasets_root = *dir_ + "/datasets2";
+    o.jobs_root = *dir_ + "/jobs2";
     o.security.tls_cert_file = Pki("server.pem");
     o.security.tls_key_file = Pki("server.key");
     edit(o);

@@ -19,6 +19,9 @@ ABSL_FLAG(std::string, listen, "0.0.0.0:50051",
 ABSL_FLAG(std::string, store, "./var/models",
           "model store root: an embedded file store that needs no other server; "
           "several replicas may share it on one volume");
+ABSL_FLAG(std::string, jobs_dir, "",
+          "folder for the training jobs' journal, one per training server (default: "
+          "<store>/../jobs)");
 ABSL_FLAG(std::string, datasets, "",
           "folder for uploaded datasets (default: <store>/../datasets)");
 ABSL_FLAG(int, compute_threads, 0, "threads for one matrix product or training step (0: one per core)");
@@ -86,6 +89,7 @@ int main(int argc, char** argv) {
   options.listen_address = absl::GetFlag(FLAGS_listen);
   options.store_root = absl::GetFlag(FLAGS_store);
   options.datasets_root = absl::GetFlag(FLAGS_datasets);
+  options.jobs_root = absl::GetFlag(FLAGS_jobs_dir);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
   options.max_rows_per_request = absl::GetFlag(FLAGS_max_rows);
   options.max_dataset_bytes = absl::GetFlag(FLAGS_max_dataset_mb) << 20;

@@ -138,8 +138,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   impl->registry = std::make_unique<ModelRegistry>(
       impl->store.get(), options.reload_interval,
       metrics == nullptr ? std::function<void(bool)>() : [metrics](bool ok) { metrics->RecordModelLoad(ok); });
+  // Only a server that trains keeps a journal of its jobs.
+  std::unique_ptr<JobJournal> journal;
+  if (options.accept_training) {
+    const std::string jobs_root =
+        options.jobs_root.empty() ? options.store_root + "/../jobs" : options.jobs_root;
+    absl::StatusOr<std::unique_ptr<JobJournal>> opened = JobJournal::Open(jobs_root);
+    if (!opened.ok()) return opened.status();
+    journal = std::move(*opened);
+  }
   impl->jobs = std::make_unique<TrainingJobManager>(
-      impl->store.get(), JobManagerOptions{options.max_training_jobs, options.max_queued_jobs});
+      impl->store.get(), JobManagerOptions{options.max_training_jobs, options.max_queued_jobs},
+      std::move(journal));
   if (metrics != nullptr) {
     impl->jobs->set_observers(
         [metrics](const std::string& state, int64_t running) {

@@ -27,6 +27,10 @@ struct ServerOptions {
   std::string listen_address = "0.0.0.0:50051";  // port 0: pick a free one
   std::string store_root = "./var/models";
   std::string datasets_root;  // default: <store_root>/../datasets
+  // The training jobs' journal (server/job_journal.h), one folder per server
+  // that trains; default: <store_root>/../jobs. Unused with accept_training
+  // false.
+  std::string jobs_root;
   int64_t max_message_bytes = 64 << 20;
   int64_t max_rows_per_request = 65536;
   int64_t max_dataset_bytes = int64_t{2} << 30;

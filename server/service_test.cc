@@ -18,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "sae/v1/sae.grpc.pb.h"
 #include "server/server.h"
+#include "server/testing/test_util.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace sae::server {
@@ -26,23 +27,8 @@ namespace {
 using v1::SparseAutoencoderService;
 
 // Rows mixing a few fixed directions, so a small model learns them fast.
-RowMatrix Data(int64_t rows, int64_t cols, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<float> u(0, 1);
-  RowMatrix m(rows, cols);
-  for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = u(rng);
-  return m;
-}
-
-void SetTensor(const RowMatrix& m, v1::Tensor* t, bool raw = false) {
-  t->add_shape(m.rows());
-  t->add_shape(m.cols());
-  if (raw) {
-    t->set_raw(std::string(reinterpret_cast<const char*>(m.data()), m.size() * 4));
-  } else {
-    for (Eigen::Index i = 0; i < m.size(); ++i) t->mutable_values()->add_values(m.data()[i]);
-  }
-}
+using testing::SetTensor;
+constexpr auto Data = testing::RandomMatrix;
 
 class ServiceTest : public ::testing::Test {
  protected:
@@ -621,25 +607,11 @@ TEST(ServingOnlyReplicaTest, RefusesTrainWithFailedPrecondition) {
 TEST(ServerBinaryTest, TrainsServesAndShutsDownOnSigterm) {
   const std::string root = absl::StrCat(::testing::TempDir(), "/binary_", ::getpid());
   ASSERT_TRUE(RemoveTree(root).ok());
-  int out_pipe[2];
-  ASSERT_EQ(::pipe(out_pipe), 0);
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::dup2(out_pipe[1], 1);
-    ::close(out_pipe[0]);
-    const std::string store = "--store=" + root + "/models";
-    ::execl(SAE_SERVER_BINARY, SAE_SERVER_BINARY, "--plaintext", "--listen=127.0.0.1:0", store.c_str(),
-            "--shutdown_grace_s=2", static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  ::close(out_pipe[1]);
-  std::string line;
-  char c;
-  while (::read(out_pipe[0], &c, 1) == 1 && c != '\n') line += c;
-  ::close(out_pipe[0]);
-  const size_t pos = line.rfind(' ');
-  ASSERT_NE(pos, std::string::npos) << line;
-  const std::string address = "127.0.0.1:" + line.substr(pos + 1);
+  absl::StatusOr<testing::ServerProcess> server = testing::ServerProcess::Start(
+      SAE_SERVER_BINARY, {"--plaintext", "--listen=127.0.0.1:0", "--store=" + root + "/models",
+                          "--shutdown_grace_s=2"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string address = server->address();
   auto stub = SparseAutoencoderService::NewStub(
       grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
 
@@ -692,9 +664,7 @@ TEST(ServerBinaryTest, TrainsServesAndShutsDownOnSigterm) {
     EXPECT_LE(v, 1.0f);
   }
 
-  ASSERT_EQ(::kill(pid, SIGTERM), 0);
-  int status;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  const int status = server->Stop(SIGTERM);
   EXPECT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
   RemoveTree(root).IgnoreError();

@@ -3,6 +3,8 @@
 #include <sys/resource.h>
 
 #include <chrono>
+#include <cinttypes>
+#include <cstdio>
 #include <ctime>
 #include <random>
 
@@ -20,18 +22,6 @@ std::string Now() {
   char buf[32];
   std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;
-}
-
-std::string StateName(JobState s) {
-  switch (s) {
-    case JobState::kQueued: return "queued";
-    case JobState::kRunning: return "running";
-    case JobState::kSucceeded: return "succeeded";
-    case JobState::kFailed: return "failed";
-    case JobState::kCancelled: return "cancelled";
-    case JobState::kInterrupted: return "interrupted";
-  }
-  return "?";
 }
 
 void AddMetrics(const std::string& prefix, const QualityMetrics& m,
@@ -52,15 +42,67 @@ void TrainingJobManager::SetStateLocked(Job* job, JobState state) {
   if (old == state) return;
   if (old == JobState::kRunning) --running_;
   if (state == JobState::kRunning) ++running_;
-  if (on_state_) on_state_(StateName(state), running_);
+  if (on_state_) on_state_(JobStateName(state), running_);
+  JournalLocked(*job);
 }
 
-bool IsFinal(JobState state) {
-  return state != JobState::kQueued && state != JobState::kRunning;
+void TrainingJobManager::JournalLocked(const Job& job) {
+  if (journal_ == nullptr) return;
+  if (absl::Status s = journal_->Write(job.info); !s.ok()) {
+    LogLine("job", absl::StrCat(job.info.id, ": cannot journal its state ",
+                                JobStateName(job.info.state), ": ", s.message()));
+  }
 }
 
-TrainingJobManager::TrainingJobManager(ModelStore* store, JobManagerOptions options)
-    : store_(store), options_(options) {
+void TrainingJobManager::Recover() {
+  std::vector<std::string> problems;
+  std::vector<JobInfo> records = journal_->ReadAll(&problems);
+  for (const std::string& p : problems) LogLine("job", "journal: skipped " + p);
+  absl::MutexLock lock(&mu_);
+  for (JobInfo& info : records) {
+    int64_t number = 0;
+    if (std::sscanf(info.id.c_str(), "job-%" SCNd64, &number) == 1) {
+      next_id_ = std::max(next_id_, number + 1);
+    }
+    if (!IsFinal(info.state)) {
+      // The process that held it died. A version carrying this job's id
+      // means it got as far as publishing; otherwise nothing was published.
+      int64_t published = 0;
+      if (absl::StatusOr<std::vector<VersionInfo>> versions = store_->ListVersions(info.model_name);
+          versions.ok()) {
+        for (const VersionInfo& v : *versions) {
+          auto it = v.metadata.training.find("job_id");
+          if (it != v.metadata.training.end() && it->second == info.id) published = v.version;
+        }
+      }
+      if (published > 0) {
+        info.state = JobState::kSucceeded;
+        info.published_version = published;
+        info.error.clear();
+      } else {
+        info.error = absl::StrCat("interrupted: the server stopped (killed or crashed) while the "
+                                  "job was ", JobStateName(info.state), "; nothing was published");
+        info.state = JobState::kInterrupted;
+      }
+      LogLine("job", absl::StrCat(info.id, " recovered from the journal as ",
+                                  JobStateName(info.state),
+                                  published > 0 ? absl::StrCat(" (", info.model_name, "@",
+                                                               published, ")")
+                                                : std::string()));
+    }
+    auto job = std::make_unique<Job>();
+    job->info = std::move(info);
+    job->released = true;
+    JournalLocked(*job);
+    if (!job->info.request_id.empty()) by_request_id_[job->info.request_id] = job->info.id;
+    jobs_[job->info.id] = std::move(job);
+  }
+}
+
+TrainingJobManager::TrainingJobManager(ModelStore* store, JobManagerOptions options,
+                                       std::unique_ptr<JobJournal> journal)
+    : store_(store), options_(options), journal_(std::move(journal)) {
+  if (journal_ != nullptr) Recover();
   for (int i = 0; i < std::max(1, options_.max_running); ++i) {
     workers_.emplace_back([this] { WorkerLoop(); });
   }
@@ -112,6 +154,12 @@ absl::StatusOr<JobInfo> TrainingJobManager::Submit(JobSpec spec) {
   job->info.request_id = spec.request_id;
   job->info.progress.total_steps = 0;
   job->spec = std::move(spec);
+  if (journal_ != nullptr) {
+    // A job is accepted only once its record is on disk.
+    if (absl::Status s = journal_->Write(job->info); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("cannot record the job: ", s.message()));
+    }
+  }
   Job* raw = job.get();
   if (!raw->info.request_id.empty()) by_request_id_[raw->info.request_id] = raw->info.id;
   jobs_[raw->info.id] = std::move(job);
@@ -131,6 +179,7 @@ absl::StatusOr<JobInfo> TrainingJobManager::Submit(JobSpec spec) {
     }
     if (oldest == jobs_.end()) break;
     by_request_id_.erase(oldest->second->info.request_id);
+    if (journal_ != nullptr) journal_->Remove(oldest->first).IgnoreError();
     jobs_.erase(oldest);
   }
   return raw->info;
@@ -157,7 +206,7 @@ absl::StatusOr<JobInfo> TrainingJobManager::Cancel(const std::string& id) {
   Job* job = it->second.get();
   if (IsFinal(job->info.state)) {
     return absl::FailedPreconditionError(absl::StrCat("job '", id, "' has already ",
-                                                      StateName(job->info.state)));
+                                                      JobStateName(job->info.state)));
   }
   job->cancel = true;
   if (job->info.state == JobState::kQueued) {
@@ -241,7 +290,7 @@ void TrainingJobManager::RunJob(Job* job) {
       info.state = state;
       info.error = error;
     });
-    LogLine("job", absl::StrCat(id, " ", StateName(state), ": ", error));
+    LogLine("job", absl::StrCat(id, " ", JobStateName(state), ": ", error));
     return;
   }
   ModelMetadata meta;

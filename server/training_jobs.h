@@ -22,11 +22,10 @@
 #include "absl/time/time.h"
 #include "core/model_store.h"
 #include "core/trainer.h"
+#include "server/job_info.h"
+#include "server/job_journal.h"
 
 namespace sae::server {
-
-enum class JobState { kQueued, kRunning, kSucceeded, kFailed, kCancelled, kInterrupted };
-bool IsFinal(JobState state);
 
 struct JobSpec {
   std::string model_name;
@@ -37,20 +36,6 @@ struct JobSpec {
   std::string description;
 };
 
-// A job as seen at one moment.
-struct JobInfo {
-  std::string id;
-  std::string model_name;
-  JobState state = JobState::kQueued;
-  TrainingProgress progress;
-  int64_t published_version = 0;
-  std::string error;
-  std::map<std::string, double> metrics;
-  std::string created_at;
-  std::string request_id;
-  int64_t revision = 0;  // grows with every change
-};
-
 struct JobManagerOptions {
   int max_running = 1;     // jobs training at once (worker threads)
   int max_queued = 8;      // further jobs waiting; beyond: RESOURCE_EXHAUSTED
@@ -59,7 +44,12 @@ struct JobManagerOptions {
 
 class TrainingJobManager {
  public:
-  TrainingJobManager(ModelStore* store, JobManagerOptions options);
+  // With a `journal`, every change of a job's state is written to disk, and
+  // the jobs a previous process left in the journal are taken over: those it
+  // left queued or running (it was killed) become INTERRUPTED, or SUCCEEDED
+  // when the store holds the version they published before the kill.
+  TrainingJobManager(ModelStore* store, JobManagerOptions options,
+                     std::unique_ptr<JobJournal> journal = nullptr);
   // Shuts down (see Shutdown) if not done yet.
   ~TrainingJobManager();
 
@@ -102,12 +92,17 @@ class TrainingJobManager {
   };
   // Moves a job to `state`, keeping the running count and observers current.
   void SetStateLocked(Job* job, JobState state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes the job's record to the journal (if any); failures are logged.
+  void JournalLocked(const Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes over the jobs the journal holds (constructor only).
+  void Recover();
   void WorkerLoop();
   void RunJob(Job* job);
   void Update(Job* job, const std::function<void(JobInfo&)>& change);
 
   ModelStore* const store_;
   const JobManagerOptions options_;
+  const std::unique_ptr<JobJournal> journal_;
   mutable absl::Mutex mu_;
   std::map<std::string, std::unique_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> by_request_id_ ABSL_GUARDED_BY(mu_);

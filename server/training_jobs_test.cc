@@ -70,5 +70,150 @@ TEST(TrainingJobsTest, WaitForChangeSeesProgressAndTheFinalState) {
   RemoveTree(root).IgnoreError();
 }
 
+
+JobInfo Record(const std::string& id, const std::string& model, JobState state) {
+  JobInfo info;
+  info.id = id;
+  info.model_name = model;
+  info.state = state;
+  info.created_at = "2026-01-01T00:00:00Z";
+  return info;
+}
+
+TEST(JobJournalTest, RecordsRoundTripAndBadOnesAreSkipped) {
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/journal_", ::getpid());
+  ASSERT_TRUE(RemoveTree(dir).ok());
+  auto journal = JobJournal::Open(dir);
+  ASSERT_TRUE(journal.ok()) << journal.status();
+  JobInfo done = Record("job-000002-00ab", "digits", JobState::kSucceeded);
+  done.published_version = 3;
+  done.metrics = {{"fvu", 0.125}, {"mse", 0.5}};
+  done.request_id = "retry-key";
+  done.progress.step = 40;
+  done.progress.total_steps = 40;
+  ASSERT_TRUE((*journal)->Write(done).ok());
+  ASSERT_TRUE((*journal)->Write(Record("job-000001-0001", "a", JobState::kRunning)).ok());
+  // A second server may not use the same folder.
+  EXPECT_EQ(JobJournal::Open(dir).status().code(), absl::StatusCode::kFailedPrecondition);
+  // Damaged, foreign and misnamed records are skipped and reported.
+  ASSERT_TRUE(ReplaceFileAtomically(dir + "/job-000003-0000.job.json", "{not json").ok());
+  ASSERT_TRUE(ReplaceFileAtomically(
+      dir + "/job-000004-0000.job.json",
+      JobRecordToJson(Record("job-000005-0000", "b", JobState::kQueued))).ok());
+  std::string evil = JobRecordToJson(Record("job-000006-0000", "b", JobState::kQueued));
+  evil.replace(evil.find("job-000006-0000"), 15, "../../etc/passw");
+  ASSERT_TRUE(ReplaceFileAtomically(dir + "/job-000006-0000.job.json", evil).ok());
+  std::string bad_state = JobRecordToJson(Record("job-000007-0000", "b", JobState::kQueued));
+  bad_state.replace(bad_state.find("\"queued\""), 8, "\"paused\"");
+  ASSERT_TRUE(ReplaceFileAtomically(dir + "/job-000007-0000.job.json", bad_state).ok());
+  std::vector<std::string> problems;
+  std::vector<JobInfo> records = (*journal)->ReadAll(&problems);
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[0].id, "job-000001-0001");
+  EXPECT_EQ(records[0].state, JobState::kRunning);
+  const JobInfo& back = records[1];
+  EXPECT_EQ(back.id, done.id);
+  EXPECT_EQ(back.model_name, "digits");
+  EXPECT_EQ(back.state, JobState::kSucceeded);
+  EXPECT_EQ(back.published_version, 3);
+  EXPECT_EQ(back.metrics, done.metrics);
+  EXPECT_EQ(back.request_id, "retry-key");
+  EXPECT_EQ(back.created_at, done.created_at);
+  EXPECT_EQ(back.progress.step, 40);
+  ASSERT_EQ(problems.size(), 4u);
+  EXPECT_NE(problems[0].find("not a JSON object"), std::string::npos) << problems[0];
+  EXPECT_NE(problems[1].find("holds the record of 'job-000005-0000'"), std::string::npos);
+  EXPECT_NE(problems[2].find("no valid 'id'"), std::string::npos) << problems[2];
+  EXPECT_NE(problems[3].find("no valid 'state'"), std::string::npos) << problems[3];
+  ASSERT_TRUE((*journal)->Remove(done.id).ok());
+  EXPECT_EQ((*journal)->ReadAll(&problems).size(), 1u);
+  EXPECT_EQ((*journal)->Remove("../x").code(), absl::StatusCode::kInvalidArgument);
+  journal->reset();
+  EXPECT_TRUE(JobJournal::Open(dir).ok());  // the lock went with the journal
+  RemoveTree(dir).IgnoreError();
+}
+
+// What a restarted server makes of the journal a killed one left behind.
+TEST(TrainingJobsTest, JobsOfAKilledServerComeBackInterruptedOrSucceeded) {
+  const std::string root = absl::StrCat(::testing::TempDir(), "/jobs3_", ::getpid());
+  ASSERT_TRUE(RemoveTree(root).ok());
+  auto store = ModelStore::Open(root + "/models");
+  ASSERT_TRUE(store.ok());
+  {
+    auto journal = JobJournal::Open(root + "/jobs");
+    ASSERT_TRUE(journal.ok());
+    ASSERT_TRUE((*journal)->Write(Record("job-000007-aaaa", "m", JobState::kRunning)).ok());
+    ASSERT_TRUE((*journal)->Write(Record("job-000008-bbbb", "m", JobState::kQueued)).ok());
+    ASSERT_TRUE((*journal)->Write(Record("job-000009-cccc", "m", JobState::kRunning)).ok());
+    JobInfo failed = Record("job-000003-dddd", "m", JobState::kFailed);
+    failed.error = "diverged";
+    ASSERT_TRUE((*journal)->Write(failed).ok());
+  }
+  // job-000009 had published its version when the server was killed.
+  JobSpec spec = LongJob("m");
+  spec.options.epochs = 1;
+  absl::StatusOr<TrainingResult> trained = Train(spec.config, spec.options, *spec.data);
+  ASSERT_TRUE(trained.ok());
+  ModelMetadata meta;
+  meta.training = {{"job_id", "job-000009-cccc"}};
+  ASSERT_EQ(*(*store)->Publish("m", *trained->model, meta), 1);
+
+  auto journal = JobJournal::Open(root + "/jobs");
+  ASSERT_TRUE(journal.ok());
+  JobJournal* raw = journal->get();
+  TrainingJobManager jobs(store->get(), JobManagerOptions{1, 4}, std::move(*journal));
+  EXPECT_EQ(jobs.Get("job-000007-aaaa")->state, JobState::kInterrupted);
+  EXPECT_NE(jobs.Get("job-000007-aaaa")->error.find("while the job was running"),
+            std::string::npos);
+  EXPECT_EQ(jobs.Get("job-000008-bbbb")->state, JobState::kInterrupted);
+  EXPECT_NE(jobs.Get("job-000008-bbbb")->error.find("while the job was queued"),
+            std::string::npos);
+  EXPECT_EQ(jobs.Get("job-000009-cccc")->state, JobState::kSucceeded);
+  EXPECT_EQ(jobs.Get("job-000009-cccc")->published_version, 1);
+  EXPECT_EQ(jobs.Get("job-000003-dddd")->error, "diverged");
+  EXPECT_EQ(jobs.List().size(), 4u);
+  // The journal now holds the final states, and new ids continue after the old.
+  std::vector<std::string> problems;
+  for (const JobInfo& r : raw->ReadAll(&problems)) EXPECT_TRUE(IsFinal(r.state)) << r.id;
+  EXPECT_TRUE(problems.empty());
+  absl::StatusOr<JobInfo> next = jobs.Submit(spec);
+  ASSERT_TRUE(next.ok());
+  EXPECT_EQ(next->id.substr(0, 10), "job-000010");
+  jobs.Shutdown();
+  RemoveTree(root).IgnoreError();
+}
+
+TEST(TrainingJobsTest, AFinishedJobIsKnownAfterARestart) {
+  const std::string root = absl::StrCat(::testing::TempDir(), "/jobs4_", ::getpid());
+  ASSERT_TRUE(RemoveTree(root).ok());
+  auto store = ModelStore::Open(root + "/models");
+  ASSERT_TRUE(store.ok());
+  JobSpec spec = LongJob("m");
+  spec.options.epochs = 2;
+  spec.request_id = "once";
+  JobInfo first;
+  {
+    TrainingJobManager jobs(store->get(), JobManagerOptions{1, 4},
+                            *JobJournal::Open(root + "/jobs"));
+    absl::StatusOr<JobInfo> job = jobs.Submit(spec);
+    ASSERT_TRUE(job.ok());
+    do {
+      first = *jobs.WaitForChange(job->id, first.revision, absl::Seconds(10));
+    } while (!IsFinal(first.state));
+    ASSERT_EQ(first.state, JobState::kSucceeded);
+  }
+  TrainingJobManager jobs(store->get(), JobManagerOptions{1, 4}, *JobJournal::Open(root + "/jobs"));
+  absl::StatusOr<JobInfo> again = jobs.Get(first.id);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->state, JobState::kSucceeded);
+  EXPECT_EQ(again->published_version, first.published_version);
+  EXPECT_EQ(again->metrics, first.metrics);
+  // The request id still names the job: a retry after the restart trains nothing.
+  absl::StatusOr<JobInfo> retry = jobs.Submit(spec);
+  ASSERT_TRUE(retry.ok());
+  EXPECT_EQ(retry->id, first.id);
+  RemoveTree(root).IgnoreError();
+}
+
 }  // namespace
 }  // namespace sae::server

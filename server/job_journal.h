@@ -1,0 +1,59 @@
+// The training jobs' records on disk, so that a server that was killed
+// (kill -9, a crash, a lost node) can tell after its restart what became of
+// the jobs it held: one small JSON file a job in a folder of its own,
+// replaced atomically (temporary, fsync, rename, fsync the folder) on every
+// change of state. Progress is not journalled: only queued, running and the
+// final states, with the published version, metrics and error.
+//
+// One journal belongs to one server process: Open takes an exclusive lock on
+// the folder, so two servers pointed at the same folder fail loudly instead
+// of marking each other's jobs interrupted.
+//
+// Thread-compatible: TrainingJobManager calls it under its own lock.
+#ifndef SAE_SERVER_JOB_JOURNAL_H_
+#define SAE_SERVER_JOB_JOURNAL_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/file_util.h"
+#include "server/job_info.h"
+
+namespace sae::server {
+
+class JobJournal {
+ public:
+  // Opens (creating if needed) the journal folder `dir` and locks it.
+  // FAILED_PRECONDITION when another process holds the lock; file-system
+  // errors as file_util reports them.
+  static absl::StatusOr<std::unique_ptr<JobJournal>> Open(const std::string& dir);
+
+  const std::string& dir() const { return dir_; }
+
+  // Writes (or replaces) the record of `job`.
+  absl::Status Write(const JobInfo& job);
+  // Removes the record of job `id`; OK when there is none.
+  absl::Status Remove(const std::string& id);
+
+  // The records found, ordered by id. A record that cannot be read or parsed
+  // is skipped and described in *problems (the file is left for inspection).
+  std::vector<JobInfo> ReadAll(std::vector<std::string>* problems) const;
+
+ private:
+  JobJournal(std::string dir, FileLock lock) : dir_(std::move(dir)), lock_(std::move(lock)) {}
+  std::string PathOf(const std::string& id) const;
+
+  const std::string dir_;
+  FileLock lock_;
+};
+
+// The JSON form of a record (exposed for tests).
+std::string JobRecordToJson(const JobInfo& job);
+absl::StatusOr<JobInfo> JobRecordFromJson(const std::string& text);
+
+}  // namespace sae::server
+
+#endif  // SAE_SERVER_JOB_JOURNAL_H_

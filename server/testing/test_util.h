@@ -1,0 +1,110 @@
+// Test helpers shared by the server's tests: data, tensors, and the real
+// sae_server binary run as a child process.
+#ifndef SAE_SERVER_TESTING_TEST_UTIL_H_
+#define SAE_SERVER_TESTING_TEST_UTIL_H_
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "core/tensor.h"
+#include "sae/v1/sae.pb.h"
+
+namespace sae::server::testing {
+
+// rows x cols uniform values in [0, 1), the same for the same seed.
+inline RowMatrix RandomMatrix(int64_t rows, int64_t cols, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> u(0, 1);
+  RowMatrix m(rows, cols);
+  for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = u(rng);
+  return m;
+}
+
+// Fills a v1::Tensor with `m`, as packed floats or (raw) as little-endian bytes.
+inline void SetTensor(const RowMatrix& m, v1::Tensor* t, bool raw = false) {
+  t->add_shape(m.rows());
+  t->add_shape(m.cols());
+  if (raw) {
+    t->set_raw(std::string(reinterpret_cast<const char*>(m.data()), m.size() * 4));
+  } else {
+    for (Eigen::Index i = 0; i < m.size(); ++i) t->mutable_values()->add_values(m.data()[i]);
+  }
+}
+
+// The sae_server binary in a child process. Its stdout's first line
+// ("sae_server listening on port N") gives the port; stderr goes to a file.
+class ServerProcess {
+ public:
+  // Starts `binary` with `args` and waits for its port. INTERNAL when it
+  // exits before saying where it listens.
+  static absl::StatusOr<ServerProcess> Start(const std::string& binary,
+                                             const std::vector<std::string>& args,
+                                             const std::string& log_file = "/dev/null") {
+    int out_pipe[2];
+    if (::pipe(out_pipe) != 0) return absl::InternalError("pipe failed");
+    std::vector<std::string> argv_text = {binary};
+    argv_text.insert(argv_text.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (std::string& a : argv_text) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::dup2(out_pipe[1], 1);
+      ::close(out_pipe[0]);
+      if (FILE* log = std::fopen(log_file.c_str(), "a")) ::dup2(::fileno(log), 2);
+      ::execv(binary.c_str(), argv.data());
+      ::_exit(127);
+    }
+    ::close(out_pipe[1]);
+    std::string line;
+    char c;
+    while (::read(out_pipe[0], &c, 1) == 1 && c != '\n') line += c;
+    ::close(out_pipe[0]);
+    const size_t pos = line.rfind(' ');
+    if (line.find("listening on port") == std::string::npos || pos == std::string::npos) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+      return absl::InternalError(absl::StrCat("the server did not start; it said '", line, "'"));
+    }
+    return ServerProcess(pid, "127.0.0.1:" + line.substr(pos + 1));
+  }
+
+  ServerProcess(ServerProcess&& other) noexcept : pid_(other.pid_), address_(other.address_) {
+    other.pid_ = -1;
+  }
+  ServerProcess(const ServerProcess&) = delete;
+  ServerProcess& operator=(const ServerProcess&) = delete;
+  // Kills the process if it still runs.
+  ~ServerProcess() {
+    if (pid_ > 0) Stop(SIGKILL);
+  }
+
+  const std::string& address() const { return address_; }
+  pid_t pid() const { return pid_; }
+
+  // Sends `signal` and waits for the process; returns its wait status.
+  int Stop(int signal) {
+    int status = 0;
+    if (pid_ <= 0) return status;
+    ::kill(pid_, signal);
+    ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return status;
+  }
+
+ private:
+  ServerProcess(pid_t pid, std::string address) : pid_(pid), address_(std::move(address)) {}
+  pid_t pid_;
+  std::string address_;
+};
+
+}  // namespace sae::server::testing
+
+#endif  // SAE_SERVER_TESTING_TEST_UTIL_H_
