@@ -96,12 +96,24 @@ absl::Status Batcher::Run(const std::string& model_name, const std::shared_ptr<c
   if (!options.enabled || x.rows() >= options.max_batch_rows) {
     {
       absl::MutexLock lock(&mu_);
+      int64_t& in_progress = direct_rows_[model.get()];
+      if (in_progress > 0 && in_progress + x.rows() > options.max_queued_rows) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "model '", model_name, "' is full: ", in_progress, " rows in progress, limit ",
+            options.max_queued_rows, "; retry with backoff"));
+      }
+      in_progress += x.rows();
       ++stats_.batches;
       ++stats_.requests;
       stats_.rows += x.rows();
     }
     if (observer_) observer_(x.rows(), 0.0);
-    return Compute(*model, op, x, out);
+    absl::Status status = Compute(*model, op, x, out);
+    absl::MutexLock lock(&mu_);
+    auto it = direct_rows_.find(model.get());
+    it->second -= x.rows();
+    if (it->second == 0) direct_rows_.erase(it);
+    return status;
   }
   Item item(x, out);
   absl::MutexLock lock(&mu_);
@@ -113,8 +125,8 @@ absl::Status Batcher::Run(const std::string& model_name, const std::shared_ptr<c
   Queue* q = slot.get();
   if (q->rows + x.rows() > options.max_queued_rows) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "the batching queue for model '", model_name, "' is full (", q->rows,
-        " rows waiting, limit ", options.max_queued_rows, "); retry with backoff"));
+        "model '", model_name, "' is full: its batching queue holds ", q->rows,
+        " rows, limit ", options.max_queued_rows, "; retry with backoff"));
   }
   q->model = model;
   item.enqueued = absl::Now();

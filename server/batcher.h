@@ -39,7 +39,12 @@ struct BatchingOptions {
   bool enabled = true;
   int64_t max_batch_rows = 256;    // rows merged into one product
   int64_t max_queue_delay_us = 0;  // how long a leader waits for company
-  int64_t max_queued_rows = 16384; // beyond: RESOURCE_EXHAUSTED
+  // Rows that may wait per model version and operation; beyond:
+  // RESOURCE_EXHAUSTED. Calls too large to merge (or all calls, with
+  // batching off) are bounded the same way: their rows in progress per model
+  // version may not exceed it, except that a call arriving while none is in
+  // progress is always admitted.
+  int64_t max_queued_rows = 16384;
 };
 
 // Parses "name=off" or "name=ROWS:DELAY_US" items, comma-separated, into
@@ -87,6 +92,8 @@ class Batcher {
   mutable absl::Mutex mu_;
   std::map<std::pair<const Model*, BatchOp>, std::unique_ptr<Queue>> queues_ ABSL_GUARDED_BY(mu_);
   BatchStats stats_ ABSL_GUARDED_BY(mu_);
+  // Rows of unmerged calls being computed, per model version.
+  std::map<const Model*, int64_t> direct_rows_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace sae::server

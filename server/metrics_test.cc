@@ -1,60 +1,22 @@
 #include "server/metrics.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <sstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "core/file_util.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "sae/v1/sae.grpc.pb.h"
 #include "server/server.h"
+#include "server/testing/test_util.h"
 
 namespace sae::server {
 namespace {
 
-std::string HttpGet(int port, const std::string& path) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    ::close(fd);
-    return "";
-  }
-  const std::string request = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: localhost\r\n\r\n");
-  (void)!::write(fd, request.data(), request.size());
-  std::string out;
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(fd, buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
-  ::close(fd);
-  return out;
-}
-
-// The value of the first sample of `name` whose labels contain every one of
-// `labels` (each like method="Encode"); -1 when absent.
-double Sample(const std::string& text, const std::string& name,
-              const std::vector<std::string>& labels) {
-  for (absl::string_view line : absl::StrSplit(text, '\n')) {
-    if (line.rfind(name, 0) != 0) continue;
-    const std::string l(line);
-    const char after = l.size() > name.size() ? l[name.size()] : ' ';
-    if (after != '{' && after != ' ') continue;
-    bool all = true;
-    for (const std::string& lab : labels) all = all && l.find(lab) != std::string::npos;
-    if (!all) continue;
-    return std::stod(l.substr(l.rfind(' ') + 1));
-  }
-  return -1;
-}
+using testing::HttpGet;
+using testing::Sample;
 
 TEST(MetricsTest, ScrapeShowsCountersMoving) {
   const std::string root = absl::StrCat(::testing::TempDir(), "/metrics_", ::getpid());

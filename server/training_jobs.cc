@@ -2,12 +2,15 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <ctime>
 #include <random>
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "server/log.h"
@@ -31,6 +34,22 @@ void AddMetrics(const std::string& prefix, const QualityMetrics& m,
   (*out)[prefix + "mean_l0"] = m.mean_l0;
   (*out)[prefix + "dead_fraction"] = m.dead_fraction;
   (*out)[prefix + "psnr_db"] = m.psnr_db;
+}
+
+// Ids are "job-NNNNNN-XXXX"; anything else cannot name a job, and is refused
+// without echoing more than a little of it.
+absl::Status ValidateJobId(const std::string& id) {
+  if (id.empty()) return absl::InvalidArgumentError("job_id: missing");
+  const bool ok = id.size() <= 64 && absl::StartsWith(id, "job-") &&
+                  std::all_of(id.begin(), id.end(), [](char c) {
+                    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+                  });
+  if (!ok) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "job_id: '", absl::CHexEscape(id.substr(0, 40)), id.size() > 40 ? "...'" : "'",
+        " is not a job id; expected the id Train returned, like job-000001-3f2a"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -186,6 +205,7 @@ absl::StatusOr<JobInfo> TrainingJobManager::Submit(JobSpec spec) {
 }
 
 absl::StatusOr<JobInfo> TrainingJobManager::Get(const std::string& id) const {
+  if (absl::Status s = ValidateJobId(id); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
@@ -200,6 +220,7 @@ std::vector<JobInfo> TrainingJobManager::List() const {
 }
 
 absl::StatusOr<JobInfo> TrainingJobManager::Cancel(const std::string& id) {
+  if (absl::Status s = ValidateJobId(id); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
@@ -227,6 +248,7 @@ absl::StatusOr<JobInfo> TrainingJobManager::Cancel(const std::string& id) {
 absl::StatusOr<JobInfo> TrainingJobManager::WaitForChange(const std::string& id,
                                                           int64_t after_revision,
                                                           absl::Duration timeout) const {
+  if (absl::Status s = ValidateJobId(id); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));

@@ -3,7 +3,10 @@
 #ifndef SAE_SERVER_TESTING_TEST_UTIL_H_
 #define SAE_SERVER_TESTING_TEST_UTIL_H_
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "core/tensor.h"
 #include "sae/v1/sae.pb.h"
 
@@ -36,6 +40,44 @@ inline void SetTensor(const RowMatrix& m, v1::Tensor* t, bool raw = false) {
   } else {
     for (Eigen::Index i = 0; i < m.size(); ++i) t->mutable_values()->add_values(m.data()[i]);
   }
+}
+
+// GET `path` over HTTP/1.0 from 127.0.0.1:port; the whole response, or "".
+inline std::string HttpGet(int port, const std::string& path) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return "";
+  }
+  const std::string request = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: localhost\r\n\r\n");
+  (void)!::write(fd, request.data(), request.size());
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  return out;
+}
+
+// The value of the first sample of `name` whose labels contain every one of
+// `labels` (each like method="Encode"); -1 when absent.
+inline double Sample(const std::string& text, const std::string& name,
+              const std::vector<std::string>& labels) {
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (line.rfind(name, 0) != 0) continue;
+    const std::string l(line);
+    const char after = l.size() > name.size() ? l[name.size()] : ' ';
+    if (after != '{' && after != ' ') continue;
+    bool all = true;
+    for (const std::string& lab : labels) all = all && l.find(lab) != std::string::npos;
+    if (!all) continue;
+    return std::stod(l.substr(l.rfind(' ') + 1));
+  }
+  return -1;
 }
 
 // The sae_server binary in a child process. Its stdout's first line
