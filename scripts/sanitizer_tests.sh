@@ -10,16 +10,21 @@ SAE_SANITIZER_TESTS=(
 
 # run_sanitizer_tests BUILD_DIR NAME: runs every test, printing one line
 # each and the tail of the log of any that fails; returns non-zero if any
-# failed. The resident-memory bounds (the million-row stream, the overload
-# bursts) hold only in the normal build (scripts/test.sh): sanitizers hold
-# freed memory back and add shadow memory, so those two are left out here.
+# failed. Left out, as they measure what sanitizers change and test no
+# concurrency: the resident-memory bounds (the million-row stream, the
+# overload bursts), which hold only in the normal build (scripts/test.sh),
+# as sanitizers hold freed memory back and add shadow memory; and under TSan
+# the store's kill -9 test, whose publisher is too slow under TSan for kills
+# to land after its first publish (its threads are tested by the two-process
+# publish test).
 run_sanitizer_tests() {
   local build="$1" name="$2" failed=0 t start
   for t in "${SAE_SANITIZER_TESTS[@]}"; do
     local filter=()
-    case "$t" in
-      service_test) filter=(--gtest_filter=-*KeepsMemoryFlat*) ;;
-      load_faults_test) filter=(--gtest_filter=-OverloadTest.*) ;;
+    case "$t:$name" in
+      service_test:*) filter=(--gtest_filter=-*KeepsMemoryFlat*) ;;
+      load_faults_test:*) filter=(--gtest_filter=-OverloadTest.*) ;;
+      model_store_test:TSan) filter=(--gtest_filter=-*KillNine*) ;;
     esac
     start=$SECONDS
     if ! "$build/tests/$t" "${filter[@]}" > "$build/$t.log" 2>&1; then

@@ -6,9 +6,12 @@
 // compiled into mutex.cc when Abseil itself is built with -fsanitize=thread.
 // Debian's libabsl_synchronization.so is not, so TSan cannot see those locks
 // and reports every access guarded by an absl::Mutex (ours and gRPC's) as a
-// race. This file interposes the library's lock, unlock, wait and destroy
+// race. This file interposes the library's lock, unlock and wait
 // entry points (the executable's definitions win over the shared library's),
 // adds the same annotations upstream uses, and calls the real functions.
+// Destruction is not annotated: TSan forgets a mutex when its memory is freed,
+// and gRPC orders a mutex's last use before its destruction through its own
+// reference counts, which TSan cannot see in the uninstrumented library.
 //
 // It is built without instrumentation and refers to the TSan runtime weakly,
 // so that processes without TSan that inherit LD_PRELOAD (openssl, sh) load
@@ -29,8 +32,6 @@
 #include <cstdio>
 #include <cstdlib>
 
-#pragma weak __tsan_mutex_create
-#pragma weak __tsan_mutex_destroy
 #pragma weak __tsan_mutex_pre_lock
 #pragma weak __tsan_mutex_post_lock
 #pragma weak __tsan_mutex_pre_unlock
@@ -45,9 +46,6 @@ void PreLock(void* mu, unsigned flags) {
 }
 void PostLock(void* mu, unsigned flags) {
   if (HaveTsan()) __tsan_mutex_post_lock(mu, flags, 0);
-}
-void Destroyed(void* mu) {
-  if (HaveTsan()) __tsan_mutex_destroy(mu, 0);
 }
 
 // The real function behind `symbol`, in the next object that defines it.
@@ -184,20 +182,6 @@ bool CondVarWaitWithDeadline(void* cv, void* mu, Time deadline) {
   ReleaseDone(mu, 0);
   Reacquired(mu);
   return timed_out;
-}
-
-void MutexDestroy1(void* mu) __asm__(ABSL_SYM("5MutexD1Ev"));
-void MutexDestroy1(void* mu) {
-  static auto real = Real<void (*)(void*)>(ABSL_SYM("5MutexD1Ev"));
-  Destroyed(mu);
-  real(mu);
-}
-
-void MutexDestroy2(void* mu) __asm__(ABSL_SYM("5MutexD2Ev"));
-void MutexDestroy2(void* mu) {
-  static auto real = Real<void (*)(void*)>(ABSL_SYM("5MutexD2Ev"));
-  Destroyed(mu);
-  real(mu);
 }
 
 }  // extern "C"
