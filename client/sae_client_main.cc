@@ -100,7 +100,13 @@ constexpr char kUsage[] =
     "Files: .npy (float32, float64, uint8 scaled to [0,1]), .csv, .f32 (with --columns).";
 
 int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "sae_client: %s\n", std::string(s.message()).c_str());
+  std::string hint;
+  if (absl::IsUnauthenticated(s)) {
+    hint = " (pass --token-file=FILE with a token the server knows)";
+  } else if (absl::IsPermissionDenied(s)) {
+    hint = " (this call needs a token with the admin role)";
+  }
+  std::fprintf(stderr, "sae_client: %s%s\n", std::string(s.message()).c_str(), hint.c_str());
   return 1;
 }
 
