@@ -1,6 +1,6 @@
 #include "core/parallel.h"
 
-#include <sys/resource.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <condition_variable>
@@ -16,9 +16,12 @@ namespace {
 // Persistent workers that wait for a job, run their chunk, and report back.
 class Pool {
  public:
-  static Pool& Get() {
-    static Pool* pool = new Pool();  // never destroyed: workers outlive main
-    return *pool;
+  // The pool for foreground threads, or the one for background threads.
+  static Pool& Get(bool background) {
+    // Never destroyed: workers outlive main.
+    static Pool* foreground_pool = new Pool(false);
+    static Pool* background_pool = new Pool(true);
+    return background ? *background_pool : *foreground_pool;
   }
 
   // Runs job(0..chunks-1); returns false without running anything when
@@ -43,6 +46,8 @@ class Pool {
   }
 
  private:
+  explicit Pool(bool background) : background_(background) {}
+
   void EnsureWorkers(int n) {
     while (static_cast<int>(workers_.size()) < n) {
       const int id = static_cast<int>(workers_.size()) + 1;
@@ -52,9 +57,7 @@ class Pool {
   }
 
   void Loop(int id) {
-    // Pool workers mostly run training chunks; a lower priority lets request
-    // threads (which run their own chunk 0) preempt them.
-    ::setpriority(PRIO_PROCESS, 0, 5);
+    if (background_) MakeCurrentThreadBackground();
     uint64_t seen = 0;
     while (true) {
       const std::function<void(int)>* job;
@@ -71,6 +74,7 @@ class Pool {
     }
   }
 
+  const bool background_;
   std::mutex call_mu_;
   std::mutex mu_;
   std::condition_variable work_cv_, done_cv_;
@@ -81,7 +85,19 @@ class Pool {
   std::vector<std::thread> workers_;
 };
 
+thread_local bool t_background = false;
+
 }  // namespace
+
+bool MakeCurrentThreadBackground() {
+  sched_param param{};
+  param.sched_priority = 0;
+  if (::sched_setscheduler(0, SCHED_IDLE, &param) != 0) return false;  // 0: this thread
+  t_background = true;
+  return true;
+}
+
+bool IsBackgroundThread() { return t_background; }
 
 int Parallelism() { return std::max(1, BlasThreads()); }
 
@@ -98,7 +114,7 @@ void ParallelFor(int64_t n, int64_t min_per_chunk,
   const std::function<void(int)> job = [&](int c) {
     fn(c, bounds(c), bounds(c + 1));
   };
-  if (!Pool::Get().TryRun(static_cast<int>(chunks), job)) {
+  if (!Pool::Get(t_background).TryRun(static_cast<int>(chunks), job)) {
     // The pool is busy (another thread, or a nested call): same chunks,
     // same results, one after another on this thread.
     for (int c = 0; c < chunks; ++c) job(c);

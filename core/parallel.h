@@ -17,10 +17,21 @@ namespace sae {
 // Threads ParallelFor uses: the BLAS thread count (SetBlasThreads).
 int Parallelism();
 
+// Makes the calling thread a background thread, for the rest of its life:
+// the kernel runs it only on cores that nothing else wants (SCHED_IDLE on
+// Linux: any other thread that wakes up preempts it at once), and the chunks
+// of its ParallelFor calls (and so of its GEMMs) run on a pool of background
+// workers of the same policy. Training jobs run this way, so that requests
+// being served never wait for a core. Returns false (and the thread stays as
+// it was) when the kernel refuses.
+bool MakeCurrentThreadBackground();
+bool IsBackgroundThread();
+
 // Calls fn(chunk, begin, end) for each chunk of [0, n); chunks below
 // `min_per_chunk` items are merged so small loops stay on one thread.
 // Thread-safe: while one call holds the pool, other calls (from other
 // threads, or nested) run their chunks serially on their own thread.
+// Background threads have a pool of their own, so they never hold up others.
 void ParallelFor(int64_t n, int64_t min_per_chunk,
                  const std::function<void(int chunk, int64_t begin, int64_t end)>& fn);
 

@@ -13,7 +13,7 @@ KIND="$1"
 shift
 SAE_SKIP_BUILD=1 "$ROOT/scripts/setup.sh"
 missing=()
-for p in clang-14 libclang-rt-14-dev libfuzzer-14-dev; do
+for p in clang-14 libclang-rt-14-dev libfuzzer-14-dev ninja-build; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [[ ${#missing[@]} -gt 0 ]]; then
@@ -36,7 +36,12 @@ case "$KIND" in
     ;;
   *) echo "usage: clang_build.sh asan|tsan TARGET..." >&2; exit 2 ;;
 esac
-cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-14 \
+# Ninja builds the many test targets in parallel (make's top level runs the
+# targets named on its command line one after another).
+if [[ -f "$BUILD/CMakeCache.txt" ]] && ! grep -q "CMAKE_GENERATOR:INTERNAL=Ninja" "$BUILD/CMakeCache.txt"; then
+  rm -rf "$BUILD"
+fi
+cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-14 \
   -DSAE_MARCH= -DCMAKE_CXX_FLAGS="$FLAGS -fno-omit-frame-pointer -g" \
   -DCMAKE_EXE_LINKER_FLAGS="$LINK" "${EXTRA[@]}" > /dev/null
 cmake --build "$BUILD" -j"${SAE_JOBS:-2}" --target "$@"

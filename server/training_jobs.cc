@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/parallel.h"
 #include "server/log.h"
 
 namespace sae::server {
@@ -261,10 +262,11 @@ absl::StatusOr<JobInfo> TrainingJobManager::WaitForChange(const std::string& id,
 }
 
 void TrainingJobManager::WorkerLoop() {
-  // Training yields the CPU to request threads: on Linux a thread's nice
-  // value is its own, and a lower priority keeps serving latency flat while
-  // a job runs (the pool threads that share the work are lowered too).
-  ::setpriority(PRIO_PROCESS, 0, 10);
+  // Training yields the CPU to request threads: it runs only on cores that
+  // nothing else wants, and a request that wakes up preempts it at once
+  // (its pool threads too). Where the kernel refuses, a lower nice value
+  // still favours requests.
+  if (!MakeCurrentThreadBackground()) ::setpriority(PRIO_PROCESS, 0, 10);
   while (true) {
     Job* job = nullptr;
     {
