@@ -1,6 +1,6 @@
 #include "core/parallel.h"
 
-#include <sched.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <condition_variable>
@@ -86,13 +86,15 @@ class Pool {
 };
 
 thread_local bool t_background = false;
+constexpr int kBackgroundNice = 10;
 
 }  // namespace
 
 bool MakeCurrentThreadBackground() {
-  sched_param param{};
-  param.sched_priority = 0;
-  if (::sched_setscheduler(0, SCHED_IDLE, &param) != 0) return false;  // 0: this thread
+  // On Linux a thread's nice value is its own (PRIO_PROCESS, 0: this thread).
+  // Not SCHED_IDLE: that would starve training whenever anything else in
+  // the container keeps the cores busy.
+  if (::setpriority(PRIO_PROCESS, 0, kBackgroundNice) != 0) return false;
   t_background = true;
   return true;
 }

@@ -18,12 +18,12 @@ namespace sae {
 int Parallelism();
 
 // Makes the calling thread a background thread, for the rest of its life:
-// the kernel runs it only on cores that nothing else wants (SCHED_IDLE on
-// Linux: any other thread that wakes up preempts it at once), and the chunks
-// of its ParallelFor calls (and so of its GEMMs) run on a pool of background
-// workers of the same policy. Training jobs run this way, so that requests
-// being served never wait for a core. Returns false (and the thread stays as
-// it was) when the kernel refuses.
+// it runs at a low CPU priority (nice 10, so a request thread that wakes up
+// gets the core first, while the thread still progresses on a busy
+// machine), and the chunks of its ParallelFor calls (and so of its GEMMs)
+// run on a pool of background workers of the same priority, so that it
+// never holds the pool that requests use. Training jobs run this way.
+// Returns false (and the thread stays as it was) when the kernel refuses.
 bool MakeCurrentThreadBackground();
 bool IsBackgroundThread();
 

@@ -144,9 +144,9 @@ TEST(OverloadTest, ExcessIsRefusedQuicklyMemoryStaysBoundedAndServingResumes) {
       std::printf("burst %d: %zu admitted (max %.1f ms), %zu refused (p50 %.1f ms, max %.1f ms)\n",
                   burst, admitted_ms.size(), admitted_ms.back(), refused_ms.size(),
                   refused_ms[refused_ms.size() / 2], refused_ms.back());
-      // Refused at the door: no refused call waited for the whole queue
-      // to drain.
-      EXPECT_LE(refused_ms[refused_ms.size() / 2], admitted_ms.back());
+      // Refused at the door: draining the queue of 256 calls would take
+      // seconds (each merged product of 32 rows takes milliseconds).
+      EXPECT_LT(refused_ms[refused_ms.size() / 2], 1000.0);
     }
     rss_after.push_back(ResidentKb(server->pid()));
   }
@@ -226,10 +226,10 @@ TEST_F(HotReloadUnderLoadTest, NoCallFailsWhileVersionsAndLabelsChangeAndTrainin
   v1::TrainRequest train;
   train.set_model_name("trained");
   train.mutable_config()->set_d_in(64);
-  train.mutable_config()->set_d_hidden(128);
-  train.mutable_options()->set_max_steps(400);
-  train.mutable_options()->set_epochs(1000);
-  train.mutable_options()->set_batch_size(32);
+  train.mutable_config()->set_d_hidden(256);
+  train.mutable_options()->set_max_steps(3000);
+  train.mutable_options()->set_epochs(100000);
+  train.mutable_options()->set_batch_size(64);
   testing::SetTensor(testing::RandomMatrix(256, 64, 2), train.mutable_inline_data(), true);
   v1::TrainResponse started;
   {
@@ -283,6 +283,17 @@ TEST_F(HotReloadUnderLoadTest, NoCallFailsWhileVersionsAndLabelsChangeAndTrainin
   };
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
 
+  auto job_state = [&] {
+    grpc::ClientContext ctx;
+    v1::GetTrainingJobRequest get;
+    get.set_job_id(started.job().id());
+    v1::GetTrainingJobResponse response;
+    EXPECT_TRUE(stub_->GetTrainingJob(&ctx, get, &response).ok());
+    return response.job().state();
+  };
+  // The job trains while the versions change.
+  EXPECT_EQ(job_state(), v1::JOB_STATE_RUNNING);
+
   // A new version, then the label moved to it.
   ASSERT_EQ(PublishModel(store_.get(), "m", 64, 256, 2), 2);
   const auto latest_took = wait_for([&] { return latest_version == 2; }, std::chrono::seconds(10));
@@ -312,7 +323,10 @@ TEST_F(HotReloadUnderLoadTest, NoCallFailsWhileVersionsAndLabelsChangeAndTrainin
   wait_for([&] { return calls >= calls_then + 200; }, std::chrono::seconds(10));
   EXPECT_EQ(latest_version, 2) << "a corrupt version was served";
 
-  // And the training job finished meanwhile.
+  const v1::JobState state_at_end_of_load = job_state();
+  // The load stops; the training job, which ran beside it, finishes.
+  stop = true;
+  for (std::thread& t : clients) t.join();
   v1::TrainingJob job;
   wait_for(
       [&] {
@@ -324,16 +338,14 @@ TEST_F(HotReloadUnderLoadTest, NoCallFailsWhileVersionsAndLabelsChangeAndTrainin
         return job.state() != v1::JOB_STATE_QUEUED && job.state() != v1::JOB_STATE_RUNNING;
       },
       std::chrono::seconds(60));
-  stop = true;
-  for (std::thread& t : clients) t.join();
   EXPECT_EQ(job.state(), v1::JOB_STATE_SUCCEEDED) << job.error();
   EXPECT_EQ(failures, 0) << "first failure: " << first_error;
   EXPECT_EQ(stable_went_back, 0);
   EXPECT_GT(calls, 400);
   std::printf("%lld calls, %lld failed; latest followed the publish in %.0f ms, the label in "
-              "%.0f ms\n",
+              "%.0f ms; the job was %s when the load stopped\n",
               static_cast<long long>(calls.load()), static_cast<long long>(failures.load()),
-              Ms(latest_took), Ms(label_took));
+              Ms(latest_took), Ms(label_took), v1::JobState_Name(state_at_end_of_load).c_str());
 }
 
 }  // namespace

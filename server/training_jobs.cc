@@ -1,7 +1,5 @@
 #include "server/training_jobs.h"
 
-#include <sys/resource.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cinttypes>
@@ -262,11 +260,10 @@ absl::StatusOr<JobInfo> TrainingJobManager::WaitForChange(const std::string& id,
 }
 
 void TrainingJobManager::WorkerLoop() {
-  // Training yields the CPU to request threads: it runs only on cores that
-  // nothing else wants, and a request that wakes up preempts it at once
-  // (its pool threads too). Where the kernel refuses, a lower nice value
-  // still favours requests.
-  if (!MakeCurrentThreadBackground()) ::setpriority(PRIO_PROCESS, 0, 10);
+  // Training yields the CPU to request threads: a lower priority, and a
+  // thread pool of its own, so that a request never finds the pool busy
+  // with training and never waits behind it for a core.
+  MakeCurrentThreadBackground();
   while (true) {
     Job* job = nullptr;
     {
