@@ -8,6 +8,9 @@ build/python (run scripts/setup.sh first):
     PYTHONPATH=build/python python3 client/python/sae_example.py \\
         --server=localhost:50051 --model=digits --input=data/mnist-2500-images-u8.npy
 
+Against a server with TLS and tokens (docs/security.md), add --tls-ca=ca.pem
+(and --tls-cert/--tls-key for mutual TLS) and --token-file=read.token.
+
 Needs Debian's python3-grpcio, python3-protobuf and python3-numpy.
 """
 import argparse
@@ -46,6 +49,35 @@ def check_health(channel):
     return reply[:2] == b"\x08\x01"
 
 
+def make_channel(args):
+    """A plaintext channel, or a TLS one when any TLS file is given."""
+    if not (args.tls_ca or args.tls_cert or args.tls_key):
+        return grpc.insecure_channel(args.server)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read()
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(args.tls_ca) if args.tls_ca else None,
+        private_key=read(args.tls_key) if args.tls_key else None,
+        certificate_chain=read(args.tls_cert) if args.tls_cert else None)
+    return grpc.secure_channel(args.server, credentials)
+
+
+def call_metadata(args):
+    """The bearer token, if any, as the metadata of every call."""
+    if not args.token_file:
+        return None
+    with open(args.token_file) as f:
+        token = f.read().strip()
+    if not token or any(c.isspace() for c in token):
+        raise ValueError("--token-file must hold one token and nothing else")
+    return [("authorization", "Bearer " + token)]
+
+
 def psnr(clean, estimate):
     mse = float(np.mean((clean - estimate) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
@@ -58,14 +90,23 @@ def main():
     parser.add_argument("--input", required=True, help=".npy of rows (uint8 is scaled to [0, 1])")
     parser.add_argument("--rows", type=int, default=8, help="how many rows to send")
     parser.add_argument("--noise", type=float, default=0.3, help="Gaussian noise added before Denoise")
+    parser.add_argument("--tls-ca", help="PEM CA that signs the server's certificate (TLS)")
+    parser.add_argument("--tls-cert", help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument("--token-file", help="file holding the bearer token")
     args = parser.parse_args()
+    try:
+        channel = make_channel(args)
+        metadata = call_metadata(args)
+    except (OSError, ValueError) as e:
+        print(f"cannot set up the connection: {e}", file=sys.stderr)
+        return 2
 
     data = np.load(args.input)
     if data.dtype == np.uint8:
         data = data.astype(np.float32) / 255.0
     x = data.reshape(len(data), -1)[-args.rows:].astype(np.float32)
 
-    channel = grpc.insecure_channel(args.server)
     try:
         if not check_health(channel):
             print(f"server at {args.server} is not serving", file=sys.stderr)
@@ -79,7 +120,7 @@ def main():
 
     try:
         codes = stub.Encode(sae_pb2.EncodeRequest(model=model, input=to_tensor(x), sparse=True,
-                                                  top_n=5), timeout=30)
+                                                  top_n=5), timeout=30, metadata=metadata)
         sparse = codes.sparse
         first = list(zip(sparse.indices[sparse.row_offsets[0]:sparse.row_offsets[1]],
                          sparse.values[sparse.row_offsets[0]:sparse.row_offsets[1]]))
@@ -89,7 +130,8 @@ def main():
         rng = np.random.default_rng(0)
         noisy = np.clip(x + rng.normal(0, args.noise, x.shape), 0, 1).astype(np.float32)
         reply = stub.Denoise(sae_pb2.DenoiseRequest(model=model, input=to_tensor(noisy),
-                                                    raw_output=True), timeout=30)
+                                                    raw_output=True), timeout=30,
+                              metadata=metadata)
         clean = from_tensor(reply.output)
     except grpc.RpcError as e:
         print(f"call failed: {e.code().name}: {e.details()}", file=sys.stderr)
