@@ -1,6 +1,7 @@
 #include "server/job_journal.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -53,6 +54,12 @@ bool ParseJobState(absl::string_view name, JobState* state) {
 }
 
 std::string JobRecordToJson(const JobInfo& job) {
+  // JSON has no inf or NaN (a perfect reconstruction has an infinite PSNR):
+  // such metrics are left out, as in the model files.
+  Json metrics = Json::object();
+  for (const auto& [name, value] : job.metrics) {
+    if (std::isfinite(value)) metrics[name] = value;
+  }
   Json j = {{"id", job.id},
             {"model_name", job.model_name},
             {"state", JobStateName(job.state)},
@@ -60,7 +67,7 @@ std::string JobRecordToJson(const JobInfo& job) {
             {"error", job.error},
             {"created_at", job.created_at},
             {"request_id", job.request_id},
-            {"metrics", job.metrics},
+            {"metrics", metrics},
             {"step", job.progress.step},
             {"total_steps", job.progress.total_steps}};
   return j.dump(2) + "\n";
@@ -109,6 +116,7 @@ absl::StatusOr<JobInfo> JobRecordFromJson(const std::string& text) {
   const Json* metrics = field("metrics", Json::value_t::object);
   if (metrics == nullptr) return bad("metrics");
   for (const auto& [name, value] : metrics->items()) {
+    if (value.is_null()) continue;  // written by an earlier version for inf/NaN
     if (!value.is_number()) return bad("metrics");
     job.metrics[name] = value.get<double>();
   }

@@ -199,7 +199,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
         absl::StrCat("cannot listen on '", options.listen_address, "' (in use, or not an address)"));
   }
   if (!options.health_listen.empty()) {
-    // A server of its own: only the default health service is registered.
+    // A server of its own: the default health service, and server reflection
+    // (gRPC adds it to every builder; it tells only the public schema, and
+    // gives the port the sync method the builder needs). No sae.v1 method.
     grpc::ServerBuilder health;
     health.AddListeningPort(options.health_listen, grpc::InsecureServerCredentials(),
                             &impl->health_port);

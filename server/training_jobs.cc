@@ -35,7 +35,7 @@ void AddMetrics(const std::string& prefix, const QualityMetrics& m,
   (*out)[prefix + "psnr_db"] = m.psnr_db;
 }
 
-// Ids are "job-NNNNNN-XXXX"; anything else cannot name a job, and is refused
+// Ids are "job-NNNNNNNNN-XXXXXXXX"; anything else cannot name a job, and is refused
 // without echoing more than a little of it.
 absl::Status ValidateJobId(const std::string& id) {
   if (id.empty()) return absl::InvalidArgumentError("job_id: missing");
@@ -46,7 +46,7 @@ absl::Status ValidateJobId(const std::string& id) {
   if (!ok) {
     return absl::InvalidArgumentError(absl::StrCat(
         "job_id: '", absl::CHexEscape(id.substr(0, 40)), id.size() > 40 ? "...'" : "'",
-        " is not a job id; expected the id Train returned, like job-000001-3f2a"));
+        " is not a job id; expected the id Train returned, like job-000000001-3f2a9c1b"));
   }
   return absl::OkStatus();
 }
@@ -86,16 +86,21 @@ void TrainingJobManager::Recover() {
       // The process that held it died. A version carrying this job's id
       // means it got as far as publishing; otherwise nothing was published.
       int64_t published = 0;
+      std::map<std::string, double> metrics;
       if (absl::StatusOr<std::vector<VersionInfo>> versions = store_->ListVersions(info.model_name);
           versions.ok()) {
         for (const VersionInfo& v : *versions) {
           auto it = v.metadata.training.find("job_id");
-          if (it != v.metadata.training.end() && it->second == info.id) published = v.version;
+          if (it != v.metadata.training.end() && it->second == info.id) {
+            published = v.version;
+            metrics = v.metadata.metrics;
+          }
         }
       }
       if (published > 0) {
         info.state = JobState::kSucceeded;
         info.published_version = published;
+        info.metrics = std::move(metrics);
         info.error.clear();
       } else {
         info.error = absl::StrCat("interrupted: the server stopped (killed or crashed) while the "
@@ -166,7 +171,9 @@ absl::StatusOr<JobInfo> TrainingJobManager::Submit(JobSpec spec) {
         " jobs waiting); retry later or cancel a job"));
   }
   auto job = std::make_unique<Job>();
-  job->info.id = absl::StrFormat("job-%06d-%04x", next_id_++, std::random_device{}() & 0xffff);
+  // A number that sorts as text (nine digits), and 32 random bits so that
+  // the ids of trainers with journals of their own practically never meet.
+  job->info.id = absl::StrFormat("job-%09d-%08x", next_id_++, std::random_device{}());
   job->info.model_name = spec.model_name;
   job->info.created_at = Now();
   job->info.request_id = spec.request_id;
@@ -175,7 +182,13 @@ absl::StatusOr<JobInfo> TrainingJobManager::Submit(JobSpec spec) {
   if (journal_ != nullptr) {
     // A job is accepted only once its record is on disk.
     if (absl::Status s = journal_->Write(job->info); !s.ok()) {
-      return absl::Status(s.code(), absl::StrCat("cannot record the job: ", s.message()));
+      LogLine("job", absl::StrCat("cannot journal a new job: ", s.message()));
+      // Not the file system's code: a caller would read PERMISSION_DENIED or
+      // NOT_FOUND as being about its own request.
+      return absl::IsResourceExhausted(s)
+                 ? absl::ResourceExhaustedError("the server's disk is full: cannot record the job")
+                 : absl::UnavailableError(
+                       "the server cannot record the job in its journal; retry later");
     }
   }
   Job* raw = job.get();
@@ -304,8 +317,9 @@ void TrainingJobManager::RunJob(Job* job) {
     const JobState state = absl::IsCancelled(result.status())
                                ? (interrupted ? JobState::kInterrupted : JobState::kCancelled)
                                : JobState::kFailed;
-    const std::string error = interrupted ? "interrupted by a server shutdown; nothing was published"
-                                          : std::string(result.status().message());
+    const std::string error = state == JobState::kInterrupted
+                                  ? "interrupted by a server shutdown; nothing was published"
+                                  : std::string(result.status().message());
     job->spec.data.reset();
     Update(job, [&](JobInfo& info) {  // the last touch of `job`
       info.state = state;
