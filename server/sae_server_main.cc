@@ -51,8 +51,8 @@ ABSL_FLAG(std::string, batch_models, "",
 ABSL_FLAG(std::string, metrics_listen, "",
           "serve Prometheus metrics over HTTP on this address (e.g. 0.0.0.0:9090); empty: off");
 ABSL_FLAG(std::string, health_listen, "",
-          "also serve grpc.health.v1 alone, plaintext and without tokens, on this address (for "
-          "probes that cannot speak TLS); empty: off");
+          "also serve grpc.health.v1 (no sae.v1 method), plaintext and without tokens, on this "
+          "address (for probes that cannot speak TLS); empty: off");
 ABSL_FLAG(bool, plaintext, false,
           "serve without TLS (only on a trusted network or behind a TLS proxy); without it "
           "--tls_cert and --tls_key are required");

@@ -48,9 +48,10 @@ struct ServerOptions {
   std::string batch_model_overrides;
   // Prometheus metrics over HTTP on this address ("host:port"); empty: off.
   std::string metrics_listen;
-  // grpc.health.v1 alone, plaintext and without tokens, on this address
-  // (for probes that cannot speak TLS, such as Kubernetes' gRPC probes);
-  // empty: off. Health is also served on the main port.
+  // grpc.health.v1 (and reflection, no sae.v1 method), plaintext and without
+  // tokens, on this address (for probes that cannot speak TLS, such as
+  // Kubernetes' gRPC probes); empty: off. Health is also served on the main
+  // port.
   std::string health_listen;
   SecurityOptions security;
 };
