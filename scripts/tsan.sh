@@ -8,11 +8,13 @@
 # Debian's Abseil is not built with TSan, so absl::Mutex does not tell TSan
 # about its locks; server/testing/tsan_absl_mutex.cc adds the annotations
 # upstream Abseil compiles in under TSan, and is preloaded into every test.
-# No report is suppressed. ignore_noninstrumented_modules makes TSan skip the
-# libc calls (memcpy, ...) that the uninstrumented gRPC, protobuf and Abseil
-# libraries make: their own synchronization (atomics, reference counts) is
-# invisible to TSan, so checking those calls would only report gRPC's
-# internals, never this project's code.
+# Only third-party reports are suppressed (scripts/tsan_suppressions.txt:
+# gRPC's callback-API internals, which this project does not use).
+# ignore_noninstrumented_modules makes TSan skip the libc calls (memcpy, ...)
+# that the uninstrumented gRPC, protobuf and Abseil libraries make: their
+# own synchronization (atomics, reference counts) is invisible to TSan, so
+# checking those calls would only report gRPC's internals, never this
+# project's code.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${SAE_TSAN_BUILD_DIR:-$ROOT/build-tsan}"
@@ -20,5 +22,5 @@ source "$ROOT/scripts/sanitizer_tests.sh"
 "$ROOT/scripts/clang_build.sh" tsan "${SAE_SANITIZER_TESTS[@]}" sae_server_main store_publisher \
   tsan_absl_mutex
 export LD_PRELOAD="$BUILD/lib/libtsan_absl_mutex.so"
-export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:ignore_noninstrumented_modules=1"
+export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:ignore_noninstrumented_modules=1:suppressions=$ROOT/scripts/tsan_suppressions.txt"
 run_sanitizer_tests "$BUILD" "TSan"
