@@ -19,6 +19,10 @@ bool IsFinal(JobState state);
 const char* JobStateName(JobState state);
 // The inverse of JobStateName; false for any other text.
 bool ParseJobState(absl::string_view name, JobState* state);
+// True for text that can be a job id as TrainingJobManager makes them
+// ("job-" and then at most 60 of [a-z0-9-]): nothing else can name a job, or
+// a path in the journal's folder.
+bool IsJobId(absl::string_view id);
 
 struct JobInfo {
   std::string id;

@@ -15,16 +15,14 @@ using Json = nlohmann::json;
 constexpr char kSuffix[] = ".job.json";
 constexpr size_t kMaxRecordBytes = 1 << 20;
 
-// Job ids are made by the manager ("job-000001-ab12"); anything else in a
-// record is refused so that a record can never name a path outside the folder.
-bool IsJobId(absl::string_view id) {
-  if (id.empty() || id.size() > 64) return false;
-  return std::all_of(id.begin(), id.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
-  });
-}
-
 }  // namespace
+
+bool IsJobId(absl::string_view id) {
+  return id.size() <= 64 && absl::StartsWith(id, "job-") &&
+         std::all_of(id.begin(), id.end(), [](char c) {
+           return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+         });
+}
 
 bool IsFinal(JobState state) {
   return state != JobState::kQueued && state != JobState::kRunning;

@@ -8,7 +8,6 @@
 #include <random>
 
 #include "absl/strings/escaping.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/parallel.h"
@@ -39,11 +38,7 @@ void AddMetrics(const std::string& prefix, const QualityMetrics& m,
 // without echoing more than a little of it.
 absl::Status ValidateJobId(const std::string& id) {
   if (id.empty()) return absl::InvalidArgumentError("job_id: missing");
-  const bool ok = id.size() <= 64 && absl::StartsWith(id, "job-") &&
-                  std::all_of(id.begin(), id.end(), [](char c) {
-                    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
-                  });
-  if (!ok) {
+  if (!IsJobId(id)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "job_id: '", absl::CHexEscape(id.substr(0, 40)), id.size() > 40 ? "...'" : "'",
         " is not a job id; expected the id Train returned, like job-000000001-3f2a9c1b"));
@@ -82,7 +77,8 @@ void TrainingJobManager::Recover() {
     if (std::sscanf(info.id.c_str(), "job-%" SCNd64, &number) == 1) {
       next_id_ = std::max(next_id_, number + 1);
     }
-    if (!IsFinal(info.state)) {
+    const bool was_open = !IsFinal(info.state);
+    if (was_open) {
       // The process that held it died. A version carrying this job's id
       // means it got as far as publishing; otherwise nothing was published.
       int64_t published = 0;
@@ -116,7 +112,7 @@ void TrainingJobManager::Recover() {
     auto job = std::make_unique<Job>();
     job->info = std::move(info);
     job->released = true;
-    JournalLocked(*job);
+    if (was_open) JournalLocked(*job);  // final records stay as they are
     if (!job->info.request_id.empty()) by_request_id_[job->info.request_id] = job->info.id;
     jobs_[job->info.id] = std::move(job);
   }
