@@ -14,15 +14,7 @@ MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 export STORAGE_DRIVER=vfs
 BUILDAH=(buildah --storage-driver vfs)
 
-missing=()
-for p in buildah debootstrap python3-yaml; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [[ ${#missing[@]} -gt 0 ]]; then
-  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+SAE_SKIP_BUILD=1 SAE_EXTRA_PACKAGES="buildah debootstrap python3-yaml" "$ROOT/scripts/setup.sh"
 
 echo "=== Kubernetes manifests"
 python3 "$ROOT/deploy/check_k8s.py"

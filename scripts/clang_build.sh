@@ -11,16 +11,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KIND="$1"
 shift
-SAE_SKIP_BUILD=1 "$ROOT/scripts/setup.sh"
-missing=()
-for p in clang-14 libclang-rt-14-dev libfuzzer-14-dev ninja-build; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [[ ${#missing[@]} -gt 0 ]]; then
-  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+SAE_SKIP_BUILD=1 SAE_EXTRA_PACKAGES="clang-14 libclang-rt-14-dev libfuzzer-14-dev ninja-build" \
+  "$ROOT/scripts/setup.sh"
 case "$KIND" in
   asan)
     BUILD="${SAE_ASAN_BUILD_DIR:-$ROOT/build-asan}"

@@ -7,6 +7,8 @@
 #   SAE_SKIP_INSTALL=1 scripts/setup.sh    build only
 #   SAE_BUILD_DIR=out scripts/setup.sh     another build folder
 #   SAE_SKIP_BUILD=1 scripts/setup.sh      install only
+#   SAE_EXTRA_PACKAGES="a b" ...           also install these (the sanitizer
+#                                          and container scripts' tools)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,6 +22,8 @@ PACKAGES=(
   libpng-dev prometheus-cpp-dev
   python3 python3-grpcio python3-protobuf python3-numpy openssl
 )
+# shellcheck disable=SC2206  # a space-separated list, split on purpose
+PACKAGES+=(${SAE_EXTRA_PACKAGES:-})
 
 missing=()
 for p in "${PACKAGES[@]}"; do
