@@ -31,8 +31,6 @@ class JobJournal {
   // errors as file_util reports them.
   static absl::StatusOr<std::unique_ptr<JobJournal>> Open(const std::string& dir);
 
-  const std::string& dir() const { return dir_; }
-
   // Writes (or replaces) the record of `job`.
   absl::Status Write(const JobInfo& job);
   // Removes the record of job `id`; OK when there is none.
