@@ -272,6 +272,7 @@ int Main() {
     topk_ratio.push_back(t.rows_per_s / r.rows_per_s);
   }
   const double gflops = Median(gemm);
+  std::printf("blas_kernels=%s\n", sae::BlasKernels().c_str());
   std::printf("sgemm_gflops=%.2f\n", gflops);
   std::printf("train_rows_per_s=%.1f\n", Median(relu_rate));
   std::printf("topk_train_rows_per_s=%.1f\n", Median(topk_rate));

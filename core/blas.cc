@@ -1,13 +1,13 @@
 #include "core/blas.h"
 
-#include <cblas.h>
-
 #include <algorithm>
-#include <cstring>
 #include <atomic>
 #include <cassert>
+#include <cstdlib>
+#include <string>
 #include <thread>
 
+#include "core/openblas.h"
 #include "core/parallel.h"
 
 namespace sae {
@@ -20,6 +20,10 @@ namespace {
 // every core; concurrent callers (server requests) each get their own core.
 std::atomic<int> g_threads{0};
 
+// Loads OpenBLAS before main(), while the process has one thread: choosing
+// its kernels sets an environment variable (core/openblas.h).
+[[maybe_unused]] const bool kOpenBlasLoaded = (openblas::Get(), true);
+
 int DefaultThreads() {
   const int n = static_cast<int>(std::thread::hardware_concurrency());
   return n > 0 ? n : 1;
@@ -27,7 +31,6 @@ int DefaultThreads() {
 
 void EnsureInitialised() {
   static const bool once = [] {
-    openblas_set_num_threads(1);
     int expected = 0;
     g_threads.compare_exchange_strong(expected, DefaultThreads());
     return true;
@@ -35,22 +38,25 @@ void EnsureInitialised() {
   (void)once;
 }
 
-// Blocks below this many output elements per thread are not worth a split.
-constexpr int64_t kMinBlockElements = 64 * 1024;
+// Blocks below this many multiply-adds per thread are not worth a split.
+constexpr int64_t kMinBlockFlops = int64_t{1} << 21;
 
 void SerialGemm(bool ta, bool tb, int m, int n, int k, float alpha,
                 const float* a, int lda, const float* b, int ldb, float beta,
                 float* c, int ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
-              tb ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb,
-              beta, c, ldc);
+  openblas::Get().sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
+                        tb ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                        ldc);
 }
 
 // Rows of C up to which SmallRowsGemm beats sgemm: OpenBLAS packs the whole
 // of B on every call, which for a few rows through a large layer costs more
-// than the arithmetic. Measured at 784 x 4096 (2 threads), ms per call:
-// 2 rows 0.57 vs 1.6 in sgemm, 4 rows 0.78 vs 1.4, 8 rows 1.25 vs 2.0,
-// 16 rows 2.3 vs 2.6; from 32 rows sgemm is far ahead (1.6 ms).
+// than the arithmetic. Measured at 784 x 4096 (2 threads), ms per call, on
+// an AMD EPYC with the Haswell kernels: 2 rows 0.57 vs 1.6 in sgemm, 4 rows
+// 0.78 vs 1.4, 8 rows 1.25 vs 2.0, 16 rows 2.3 vs 2.6; from 32 rows sgemm is
+// far ahead. On an Intel with the SkylakeX kernels (sae_kernels_bench
+// --benchmark_filter=EncodeRows): 8 rows 0.74 here, 16 rows even (1.17),
+// 32 rows 2.16 here vs 1.55 in sgemm.
 constexpr int kSmallRows = 8;
 constexpr int64_t kColumnBlock = 256;  // columns per parallel chunk (multiple of 32)
 
@@ -118,14 +124,15 @@ void Gemm(Transpose trans_a, Transpose trans_b, float alpha, ConstMatrixRef a,
     // OpenBLAS's sgemm is several times slower than sgemv for this shape,
     // and the product is bound by reading op(B) once, so split its columns.
     const int incx = ta ? lda : 1;
+    const openblas::Api& blas = openblas::Get();
     ParallelFor(n, 1024, [&](int, int64_t lo, int64_t hi) {
       const int len = static_cast<int>(hi - lo);
       if (tb) {  // c[lo:hi] = B[lo:hi, :] a
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, len, k, alpha, pb + lo * ldb, ldb, pa, incx,
-                    beta, pc + lo, 1);
+        blas.sgemv(CblasRowMajor, CblasNoTrans, len, k, alpha, pb + lo * ldb, ldb, pa, incx,
+                   beta, pc + lo, 1);
       } else {  // c[lo:hi] = B[:, lo:hi]^T a
-        cblas_sgemv(CblasRowMajor, CblasTrans, k, len, alpha, pb + lo, ldb, pa, incx, beta,
-                    pc + lo, 1);
+        blas.sgemv(CblasRowMajor, CblasTrans, k, len, alpha, pb + lo, ldb, pa, incx, beta,
+                   pc + lo, 1);
       }
     });
     return;
@@ -140,8 +147,9 @@ void Gemm(Transpose trans_a, Transpose trans_b, float alpha, ConstMatrixRef a,
   // Split the output along its longer side into one block per thread.
   const bool split_rows = m >= n;
   const int64_t extent = split_rows ? m : n;
-  const int64_t min_extent = std::max<int64_t>(
-      16, kMinBlockElements / std::max(1, split_rows ? n : m));
+  // A block must be worth a hand-off: at least kMinBlockFlops multiply-adds.
+  const int64_t per_unit = static_cast<int64_t>(split_rows ? n : m) * k;
+  const int64_t min_extent = std::max<int64_t>(16, kMinBlockFlops / std::max<int64_t>(1, per_unit));
   ParallelFor(extent, min_extent, [&](int, int64_t lo, int64_t hi) {
     const int len = static_cast<int>(hi - lo);
     if (split_rows) {
@@ -156,6 +164,10 @@ void Gemm(Transpose trans_a, Transpose trans_b, float alpha, ConstMatrixRef a,
                  pc + lo, ldc);
     }
   });
+}
+
+std::string BlasKernels() {
+  return openblas::Get().kernels;
 }
 
 void SetBlasThreads(int num_threads) {

@@ -4,6 +4,8 @@
 #ifndef SAE_CORE_BLAS_H_
 #define SAE_CORE_BLAS_H_
 
+#include <string>
+
 #include "core/tensor.h"
 
 namespace sae {
@@ -22,6 +24,11 @@ void Gemm(Transpose trans_a, Transpose trans_b, float alpha, ConstMatrixRef a,
 // num_threads <= 0 means one per core (the default).
 void SetBlasThreads(int num_threads);
 int BlasThreads();
+
+// The name of the kernel set OpenBLAS runs (for example "SkylakeX"). Unless
+// OPENBLAS_CORETYPE is set, the project chooses it from the CPU's features
+// at program start (see blas.cc).
+std::string BlasKernels();
 
 }  // namespace sae
 

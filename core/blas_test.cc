@@ -1,7 +1,9 @@
 #include "core/blas.h"
 
+#include <cstdlib>
 #include <random>
 
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 
 namespace sae {
@@ -13,6 +15,16 @@ RowMatrix Random(int64_t rows, int64_t cols, uint64_t seed) {
   RowMatrix m(rows, cols);
   for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = n(rng);
   return m;
+}
+
+// OpenBLAS runs the kernels chosen for this CPU (core/openblas.h), not its
+// generic fallback: the variable that names them is set (by the user or at
+// load) and the library reports the same set.
+TEST(BlasTest, OpenBlasRunsTheChosenKernels) {
+  const char* chosen = std::getenv("OPENBLAS_CORETYPE");
+  if (chosen == nullptr) GTEST_SKIP() << "a CPU without AVX2: OpenBLAS chooses";
+  EXPECT_TRUE(absl::EqualsIgnoreCase(BlasKernels(), chosen))
+      << "OpenBLAS runs " << BlasKernels() << ", OPENBLAS_CORETYPE=" << chosen;
 }
 
 // Every transpose combination and the special shapes (one row, blocks split

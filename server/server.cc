@@ -1,6 +1,7 @@
 #include "server/server.h"
 
 #include "absl/strings/str_cat.h"
+#include "core/blas.h"
 #include "core/file_util.h"
 #include "core/model_store.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -224,7 +225,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
                                                     : std::string(),
                                  impl->health_port != 0
                                      ? absl::StrCat(", health on port ", impl->health_port)
-                                     : std::string()));
+                                     : std::string(),
+                                 "; compute on ", BlasThreads(), " threads, OpenBLAS kernels ",
+                                 BlasKernels()));
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
