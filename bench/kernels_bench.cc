@@ -45,6 +45,21 @@ BENCHMARK_CAPTURE(BM_Gemm, decode_F_Wdec, Transpose::kNo, Transpose::kNo, kBatch
 BENCHMARK_CAPTURE(BM_Gemm, grad_Wdec_FT_D, Transpose::kYes, Transpose::kNo, kHidden, kIn, kBatch)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Gemm, grad_F_D_WdecT, Transpose::kNo, Transpose::kYes, kBatch, kHidden, kIn)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Gemm, grad_Wenc_PT_X, Transpose::kYes, Transpose::kNo, kHidden, kIn, kBatch)->UseRealTime();
+// The serving product: a few rows through the encoder, as one (merged)
+// Encode call computes it. Time per row shows what batching can gain.
+void BM_EncodeRows(benchmark::State& state) {
+  const int64_t rows = state.range(0);
+  const RowMatrix x = Random(rows, kIn);
+  const RowMatrix w = Random(kIn, kHidden);  // the model's w_enc layout
+  RowMatrix c(rows, kHidden);
+  for (auto _ : state) {
+    Gemm(Transpose::kNo, Transpose::kNo, 1.0f, x, w, 0.0f, c);
+    benchmark::DoNotOptimize(c.data());
+  }
+  state.counters["rows_per_s"] = benchmark::Counter(
+      static_cast<double>(rows), benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_EncodeRows)->RangeMultiplier(2)->Range(1, 256)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Gemm, square_2048, Transpose::kNo, Transpose::kNo, 2048, 2048, 2048)->UseRealTime();
 
 void BM_SelectTopK(benchmark::State& state) {
@@ -111,6 +126,7 @@ BENCHMARK(BM_FiveTrainingGemms)->UseRealTime();
 int main(int argc, char** argv) {
   // SAE_THREADS=N runs the kernels with N threads (default: one per core).
   if (const char* t = std::getenv("SAE_THREADS")) sae::SetBlasThreads(std::atoi(t));
+  benchmark::AddCustomContext("blas_kernels", sae::BlasKernels());
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

@@ -23,9 +23,13 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -37,6 +41,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "core/blas.h"
 #include "core/file_util.h"
 #include "core/model_store.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -59,6 +64,8 @@ ABSL_FLAG(std::string, csv, "", "also write the sweep table to this CSV file");
 ABSL_FLAG(bool, quick, false, "small model, short levels (a smoke run)");
 ABSL_FLAG(int64_t, batch_max_delay_us, 0, "in-process server: --batch_max_delay_us");
 ABSL_FLAG(int64_t, batch_max_rows, 256, "in-process server: --batch_max_rows");
+ABSL_FLAG(int, compute_threads, 0, "in-process server: --compute_threads");
+ABSL_FLAG(int, rpc_threads, 0, "in-process server: --rpc_threads");
 
 namespace {
 
@@ -111,46 +118,73 @@ class Load {
     denoise_.set_raw_output(true);
   }
 
-  // One call of the chosen RPC (or the health check) on stub `i`.
-  grpc::Status Call(int i, bool health) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    auto& stub = stubs_[i % stubs_.size()];
-    if (health) {
-      grpc::health::v1::HealthCheckResponse out;
-      return health_[i % health_.size()]->Check(&ctx, {}, &out);
-    }
-    if (rpc_ == "reconstruct") {
-      v1::ReconstructResponse out;
-      return stub->Reconstruct(&ctx, reconstruct_, &out);
-    }
-    if (rpc_ == "denoise") {
-      v1::DenoiseResponse out;
-      return stub->Denoise(&ctx, denoise_, &out);
-    }
-    v1::EncodeResponse out;
-    return stub->Encode(&ctx, encode_, &out);
-  }
-
+  // Keeps `concurrency` calls in flight for `seconds` (after a warm-up), as
+  // ghz and perf_analyzer do: asynchronous calls on gRPC's callback API, each
+  // completion starting the next, so that the load generator needs no
+  // thread per client (on a small machine those would compete with the
+  // server for the cores).
   LevelResult Run(int concurrency, double seconds, bool health = false) {
+    struct Client {
+      Load* load;
+      int index;
+      bool health;
+      std::unique_ptr<grpc::ClientContext> ctx;
+      grpc::health::v1::HealthCheckResponse health_out;
+      v1::EncodeResponse encode_out;
+      v1::ReconstructResponse reconstruct_out;
+      v1::DenoiseResponse denoise_out;
+      Clock::time_point start;
+      std::vector<double> latencies;
+      std::map<std::string, int64_t> errors;
+    };
     std::atomic<bool> measuring{false}, stop{false};
-    std::vector<std::vector<double>> lat(concurrency);
-    std::vector<std::map<std::string, int64_t>> errs(concurrency);
-    std::vector<std::thread> threads;
-    for (int t = 0; t < concurrency; ++t) {
-      threads.emplace_back([&, t] {
-        while (!stop) {
-          const auto start = Clock::now();
-          grpc::Status s = Call(t, health);
-          const double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-          if (!measuring) continue;
-          if (s.ok()) {
-            lat[t].push_back(ms);
-          } else {
-            ++errs[t][StatusName(s.error_code())];
-          }
+    std::atomic<int> in_flight{0};
+    std::mutex mu;
+    std::condition_variable drained;
+    std::vector<Client> clients(concurrency);
+    std::function<void(Client*)> issue;
+    auto done = [&](Client* c, const grpc::Status& s) {
+      const double ms = std::chrono::duration<double, std::milli>(Clock::now() - c->start).count();
+      if (measuring) {
+        if (s.ok()) {
+          c->latencies.push_back(ms);
+        } else {
+          ++c->errors[StatusName(s.error_code())];
         }
-      });
+      }
+      if (!stop) {
+        issue(c);
+        return;
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      if (--in_flight == 0) drained.notify_all();
+    };
+    issue = [&](Client* c) {
+      c->ctx = std::make_unique<grpc::ClientContext>();
+      c->ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      c->start = Clock::now();
+      const size_t i = static_cast<size_t>(c->index);
+      auto callback = [&done, c](grpc::Status s) { done(c, s); };
+      if (c->health || rpc_ == "health") {
+        health_[i % health_.size()]->async()->Check(c->ctx.get(), &health_request_,
+                                                    &c->health_out, callback);
+      } else if (rpc_ == "reconstruct") {
+        stubs_[i % stubs_.size()]->async()->Reconstruct(c->ctx.get(), &reconstruct_,
+                                                        &c->reconstruct_out, callback);
+      } else if (rpc_ == "denoise") {
+        stubs_[i % stubs_.size()]->async()->Denoise(c->ctx.get(), &denoise_, &c->denoise_out,
+                                                    callback);
+      } else {
+        stubs_[i % stubs_.size()]->async()->Encode(c->ctx.get(), &encode_, &c->encode_out,
+                                                   callback);
+      }
+    };
+    in_flight = concurrency;
+    for (int t = 0; t < concurrency; ++t) {
+      clients[t].load = this;
+      clients[t].index = t;
+      clients[t].health = health;
+      issue(&clients[t]);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(500));  // warm-up
     measuring = true;
@@ -158,14 +192,17 @@ class Load {
     std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
     measuring = false;
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-    stop = true;
-    for (auto& th : threads) th.join();
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      stop = true;
+      drained.wait(lock, [&] { return in_flight == 0; });
+    }
     LevelResult r;
     r.concurrency = concurrency;
     std::vector<double> all;
-    for (int t = 0; t < concurrency; ++t) {
-      all.insert(all.end(), lat[t].begin(), lat[t].end());
-      for (const auto& [k, v] : errs[t]) r.errors[k] += v;
+    for (const Client& c : clients) {
+      all.insert(all.end(), c.latencies.begin(), c.latencies.end());
+      for (const auto& [k, v] : c.errors) r.errors[k] += v;
     }
     r.calls_per_s = static_cast<double>(all.size()) / elapsed;
     r.rows_per_s = r.calls_per_s * (health ? 0 : static_cast<double>(rows_));
@@ -187,6 +224,7 @@ class Load {
   v1::EncodeRequest encode_;
   v1::ReconstructRequest reconstruct_;
   v1::DenoiseRequest denoise_;
+  grpc::health::v1::HealthCheckRequest health_request_;
 };
 
 std::string Errors(const LevelResult& r) {
@@ -247,7 +285,7 @@ int main(int argc, char** argv) {
   const int64_t rows = absl::GetFlag(FLAGS_rows);
   const std::string model = absl::GetFlag(FLAGS_model);
   const std::string rpc = absl::GetFlag(FLAGS_rpc);
-  if (rpc != "encode" && rpc != "reconstruct" && rpc != "denoise") {
+  if (rpc != "encode" && rpc != "reconstruct" && rpc != "denoise" && rpc != "health") {
     std::fprintf(stderr, "sae_load: --rpc must be encode, reconstruct or denoise\n");
     return 2;
   }
@@ -281,6 +319,8 @@ int main(int argc, char** argv) {
     options.store_root = root + "/models";
     options.batch_max_delay_us = absl::GetFlag(FLAGS_batch_max_delay_us);
     options.batch_max_rows = absl::GetFlag(FLAGS_batch_max_rows);
+    options.rpc_threads = absl::GetFlag(FLAGS_rpc_threads);
+    sae::SetBlasThreads(absl::GetFlag(FLAGS_compute_threads));
     auto a = sae::server::Server::Start(options);
     options.batching = false;
     options.accept_training = false;
