@@ -43,6 +43,7 @@
 #include "absl/strings/str_split.h"
 #include "core/blas.h"
 #include "core/file_util.h"
+#include "core/parallel.h"
 #include "core/model_store.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
@@ -65,6 +66,7 @@ ABSL_FLAG(bool, quick, false, "small model, short levels (a smoke run)");
 ABSL_FLAG(int64_t, batch_max_delay_us, 0, "in-process server: --batch_max_delay_us");
 ABSL_FLAG(int64_t, batch_max_rows, 256, "in-process server: --batch_max_rows");
 ABSL_FLAG(int, compute_threads, 0, "in-process server: --compute_threads");
+ABSL_FLAG(int, training_threads, 0, "in-process server: --training_threads");
 ABSL_FLAG(int, rpc_threads, 0, "in-process server: --rpc_threads");
 
 namespace {
@@ -321,6 +323,7 @@ int main(int argc, char** argv) {
     options.batch_max_rows = absl::GetFlag(FLAGS_batch_max_rows);
     options.rpc_threads = absl::GetFlag(FLAGS_rpc_threads);
     sae::SetBlasThreads(absl::GetFlag(FLAGS_compute_threads));
+    sae::SetBackgroundThreads(absl::GetFlag(FLAGS_training_threads));
     auto a = sae::server::Server::Start(options);
     options.batching = false;
     options.accept_training = false;

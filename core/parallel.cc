@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -101,7 +102,18 @@ bool MakeCurrentThreadBackground() {
 
 bool IsBackgroundThread() { return t_background; }
 
-int Parallelism() { return std::max(1, BlasThreads()); }
+namespace {
+std::atomic<int> g_background_threads{0};  // 0: the default
+}  // namespace
+
+void SetBackgroundThreads(int num_threads) { g_background_threads = std::max(0, num_threads); }
+
+int BackgroundThreads() {
+  const int set = g_background_threads.load();
+  return set > 0 ? set : std::max(1, BlasThreads() - 1);
+}
+
+int Parallelism() { return t_background ? BackgroundThreads() : std::max(1, BlasThreads()); }
 
 void ParallelFor(int64_t n, int64_t min_per_chunk,
                  const std::function<void(int, int64_t, int64_t)>& fn) {

@@ -31,6 +31,7 @@ TEST(ParallelTest, ChunksCoverTheRangeOnceInOrder) {
 
 TEST(ParallelTest, BackgroundThreadsAndTheirChunksRunAtLowPriority) {
   SetBlasThreads(2);
+  SetBackgroundThreads(2);
   const int normal = ::getpriority(PRIO_PROCESS, 0);
   // A foreground caller: every chunk at the normal priority.
   for (int nice : NiceOfChunks(2)) EXPECT_EQ(nice, normal);
@@ -50,11 +51,13 @@ TEST(ParallelTest, BackgroundThreadsAndTheirChunksRunAtLowPriority) {
   // The foreground pool is untouched by it.
   EXPECT_FALSE(IsBackgroundThread());
   for (int nice : NiceOfChunks(2)) EXPECT_EQ(nice, normal);
+  SetBackgroundThreads(0);
   SetBlasThreads(0);
 }
 
 TEST(ParallelTest, ABackgroundCallerDoesNotHoldUpForegroundCallers) {
   SetBlasThreads(2);
+  SetBackgroundThreads(2);
   std::atomic<bool> in_background_chunk{false}, release{false};
   std::thread training([&] {
     ASSERT_TRUE(MakeCurrentThreadBackground());
@@ -71,6 +74,37 @@ TEST(ParallelTest, ABackgroundCallerDoesNotHoldUpForegroundCallers) {
   EXPECT_NE(ids[0], ids[1]);
   release = true;
   training.join();
+  SetBackgroundThreads(0);
+  SetBlasThreads(0);
+}
+
+// The chunks one ParallelFor call of the calling thread splits into.
+int ChunksOfACall() {
+  std::atomic<int> chunks{0};
+  ParallelFor(1000, 1, [&](int, int64_t, int64_t) { ++chunks; });
+  return chunks;
+}
+
+TEST(ParallelTest, BackgroundWorkLeavesACoreToTheForegroundByDefault) {
+  SetBlasThreads(4);
+  EXPECT_EQ(BackgroundThreads(), 3);
+  int default_chunks = 0, set_chunks = 0, restored_chunks = 0;
+  std::thread training([&] {
+    if (!MakeCurrentThreadBackground()) return;
+    default_chunks = ChunksOfACall();
+    SetBackgroundThreads(4);
+    set_chunks = ChunksOfACall();
+    SetBackgroundThreads(0);
+    restored_chunks = ChunksOfACall();
+  });
+  training.join();
+  ASSERT_NE(default_chunks, 0) << "the kernel refused a lower priority";
+  EXPECT_EQ(default_chunks, 3);
+  EXPECT_EQ(set_chunks, 4);
+  EXPECT_EQ(restored_chunks, 3);
+  EXPECT_EQ(ChunksOfACall(), 4);  // a foreground caller keeps every thread
+  SetBlasThreads(1);
+  EXPECT_EQ(BackgroundThreads(), 1);  // never below one
   SetBlasThreads(0);
 }
 

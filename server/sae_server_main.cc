@@ -10,6 +10,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "core/blas.h"
+#include "core/parallel.h"
 #include "core/flag_util.h"
 #include "server/log.h"
 #include "server/server.h"
@@ -24,7 +25,11 @@ ABSL_FLAG(std::string, jobs_dir, "",
           "<store>/../jobs)");
 ABSL_FLAG(std::string, datasets, "",
           "folder for uploaded datasets (default: <store>/../datasets)");
-ABSL_FLAG(int, compute_threads, 0, "threads for one matrix product or training step (0: one per core)");
+ABSL_FLAG(int, compute_threads, 0, "threads for one matrix product (0: one per core)");
+ABSL_FLAG(int, training_threads, 0,
+          "threads for one training step (0: one fewer than --compute_threads, at least 1, so "
+          "that a core stays free for inference while a job runs; on a trainer that serves no "
+          "inference, set it to the core count)");
 ABSL_FLAG(int, rpc_threads, 0, "maximum gRPC polling threads (0: gRPC's default)");
 ABSL_FLAG(int64_t, max_message_mb, 64,
           "largest request or response in MiB; larger ones get RESOURCE_EXHAUSTED");
@@ -110,13 +115,14 @@ int main(int argc, char** argv) {
   options.security.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.security.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.security.token_file = absl::GetFlag(FLAGS_token_file);
-  if (absl::GetFlag(FLAGS_compute_threads) < 0 || absl::GetFlag(FLAGS_shutdown_grace_s) < 0 ||
-      absl::GetFlag(FLAGS_reload_interval_ms) < 0) {
-    std::fprintf(stderr, "sae_server: --compute_threads, --shutdown_grace_s and "
-                         "--reload_interval_ms must be >= 0\n");
+  if (absl::GetFlag(FLAGS_compute_threads) < 0 || absl::GetFlag(FLAGS_training_threads) < 0 ||
+      absl::GetFlag(FLAGS_shutdown_grace_s) < 0 || absl::GetFlag(FLAGS_reload_interval_ms) < 0) {
+    std::fprintf(stderr, "sae_server: --compute_threads, --training_threads, --shutdown_grace_s "
+                         "and --reload_interval_ms must be >= 0\n");
     return 2;
   }
   sae::SetBlasThreads(absl::GetFlag(FLAGS_compute_threads));
+  sae::SetBackgroundThreads(absl::GetFlag(FLAGS_training_threads));
 
   absl::StatusOr<std::unique_ptr<sae::server::Server>> server = sae::server::Server::Start(options);
   if (!server.ok()) {

@@ -4,6 +4,7 @@
 #include "core/blas.h"
 #include "core/file_util.h"
 #include "core/model_store.h"
+#include "core/parallel.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -226,8 +227,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
                                  impl->health_port != 0
                                      ? absl::StrCat(", health on port ", impl->health_port)
                                      : std::string(),
-                                 "; compute on ", BlasThreads(), " threads, OpenBLAS kernels ",
-                                 BlasKernels()));
+                                 "; compute on ", BlasThreads(), " threads (training on ",
+                                 BackgroundThreads(), "), OpenBLAS kernels ", BlasKernels()));
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
