@@ -5,8 +5,8 @@
 #include <cassert>
 #include <cstdlib>
 #include <string>
-#include <thread>
 
+#include "core/cpu_count.h"
 #include "core/openblas.h"
 #include "core/parallel.h"
 
@@ -24,10 +24,8 @@ std::atomic<int> g_threads{0};
 // its kernels sets an environment variable (core/openblas.h).
 [[maybe_unused]] const bool kOpenBlasLoaded = (openblas::Get(), true);
 
-int DefaultThreads() {
-  const int n = static_cast<int>(std::thread::hardware_concurrency());
-  return n > 0 ? n : 1;
-}
+// One per CPU the process may use (its affinity mask, its cgroup quota).
+int DefaultThreads() { return AvailableCpus(); }
 
 void EnsureInitialised() {
   static const bool once = [] {

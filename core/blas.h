@@ -21,7 +21,8 @@ void Gemm(Transpose trans_a, Transpose trans_b, float alpha, ConstMatrixRef a,
           ConstMatrixRef b, float beta, MatrixRef c);
 
 // Sets how many threads one product (and ParallelFor) uses, process-wide.
-// num_threads <= 0 means one per core (the default).
+// num_threads <= 0 means one per CPU the process may use (the default: its
+// affinity mask, capped by a cgroup CPU quota; see core/cpu_count.h).
 void SetBlasThreads(int num_threads);
 int BlasThreads();
 
