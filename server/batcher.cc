@@ -1,29 +1,34 @@
 #include "server/batcher.h"
 
 #include <deque>
+#include <memory>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
 
 namespace sae::server {
 
 struct Batcher::Item {
   ConstMatrixMap x;
   RowMatrix* out;
-  absl::Status status;
+  absl::Time deadline;
+  Done done;
+  uint64_t id = 0;
   absl::Time enqueued;
-  bool taken = false;
-  bool done = false;
-  Item(ConstMatrixRef rows, RowMatrix* o)
-      : x(rows.data(), rows.rows(), rows.cols(), Eigen::OuterStride<>(rows.outerStride())), out(o) {}
+  Item(ConstMatrixRef rows, RowMatrix* o, absl::Time d, Done f)
+      : x(rows.data(), rows.rows(), rows.cols(), Eigen::OuterStride<>(rows.outerStride())),
+        out(o),
+        deadline(d),
+        done(std::move(f)) {}
 };
 
 struct Batcher::Queue {
   std::shared_ptr<const Model> model;  // keeps the version alive while queued
   BatchOp op;
-  std::deque<Item*> items;
+  std::deque<std::unique_ptr<Item>> items;
   int64_t rows = 0;
   bool leader_active = false;
 };
@@ -85,139 +90,186 @@ absl::Status Batcher::Compute(const Model& model, BatchOp op, ConstMatrixRef x, 
   return absl::InternalError("unknown batch operation");
 }
 
-absl::Status Batcher::Run(const std::string& model_name, const std::shared_ptr<const Model>& model,
-                          BatchOp op, ConstMatrixRef x, absl::Time deadline,
-                          const std::function<bool()>& cancelled, RowMatrix* out) {
+Batcher::Ticket Batcher::Submit(const std::string& model_name,
+                                const std::shared_ptr<const Model>& model, BatchOp op,
+                                ConstMatrixRef x, absl::Time deadline, RowMatrix* out,
+                                Done done) {
   const BatchingOptions& options = OptionsFor(model_name);
   if (x.cols() != model->d_in()) {
-    return absl::InvalidArgumentError(absl::StrCat("input has ", x.cols(),
-                                                   " columns, the model expects ", model->d_in()));
+    done(absl::InvalidArgumentError(
+        absl::StrCat("input has ", x.cols(), " columns, the model expects ", model->d_in())));
+    return {};
   }
   if (!options.enabled || x.rows() >= options.max_batch_rows) {
+    absl::Status admitted;
     {
       absl::MutexLock lock(&mu_);
       int64_t& in_progress = direct_rows_[model.get()];
       if (in_progress > 0 && in_progress + x.rows() > options.max_queued_rows) {
-        return absl::ResourceExhaustedError(absl::StrCat(
+        admitted = absl::ResourceExhaustedError(absl::StrCat(
             "model '", model_name, "' is full: ", in_progress, " rows in progress, limit ",
             options.max_queued_rows, "; retry with backoff"));
+      } else {
+        in_progress += x.rows();
+        ++stats_.batches;
+        ++stats_.requests;
+        stats_.rows += x.rows();
       }
-      in_progress += x.rows();
-      ++stats_.batches;
-      ++stats_.requests;
-      stats_.rows += x.rows();
+    }
+    if (!admitted.ok()) {
+      done(std::move(admitted));
+      return {};
     }
     if (observer_) observer_(x.rows(), 0.0);
     absl::Status status = Compute(*model, op, x, out);
-    absl::MutexLock lock(&mu_);
-    auto it = direct_rows_.find(model.get());
-    it->second -= x.rows();
-    if (it->second == 0) direct_rows_.erase(it);
-    return status;
-  }
-  Item item(x, out);
-  absl::MutexLock lock(&mu_);
-  std::unique_ptr<Queue>& slot = queues_[{model.get(), op}];
-  if (slot == nullptr) {
-    slot = std::make_unique<Queue>();
-    slot->op = op;
-  }
-  Queue* q = slot.get();
-  if (q->rows + x.rows() > options.max_queued_rows) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "model '", model_name, "' is full: its batching queue holds ", q->rows,
-        " rows, limit ", options.max_queued_rows, "; retry with backoff"));
-  }
-  q->model = model;
-  item.enqueued = absl::Now();
-  q->items.push_back(&item);
-  q->rows += x.rows();
-  ++stats_.requests;
-  while (!item.done) {
-    if (!q->leader_active) {
-      q->leader_active = true;
-      Lead(q, options, &item);
-      continue;  // item.done is set now
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = direct_rows_.find(model.get());
+      it->second -= x.rows();
+      if (it->second == 0) direct_rows_.erase(it);
     }
-    // Follower: wait for the result, or for leadership, in short slices so
-    // that deadline and cancellation are noticed.
-    const auto ready = [&item, q]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-      return item.done || !q->leader_active;
-    };
-    mu_.AwaitWithDeadline(absl::Condition(&ready),
-                          std::min(deadline, absl::Now() + absl::Milliseconds(2)));
-    if (item.done || item.taken) continue;
-    const bool expired = absl::Now() >= deadline;
-    if (expired || (cancelled && cancelled())) {
-      for (auto it = q->items.begin(); it != q->items.end(); ++it) {
-        if (*it == &item) {
-          q->items.erase(it);
-          break;
-        }
-      }
-      q->rows -= x.rows();
+    done(std::move(status));
+    return {};
+  }
+  absl::Status admitted;
+  {
+    absl::MutexLock lock(&mu_);
+    std::unique_ptr<Queue>& slot = queues_[{model.get(), op}];
+    if (slot == nullptr) {
+      slot = std::make_unique<Queue>();
+      slot->op = op;
+    }
+    Queue* q = slot.get();
+    if (q->rows + x.rows() > options.max_queued_rows) {
+      admitted = absl::ResourceExhaustedError(absl::StrCat(
+          "model '", model_name, "' is full: its batching queue holds ", q->rows, " rows, limit ",
+          options.max_queued_rows, "; retry with backoff"));
+    } else {
+      q->model = model;
+      auto item = std::make_unique<Item>(x, out, deadline, std::move(done));
+      item->id = next_id_++;
+      item->enqueued = absl::Now();
+      const Ticket ticket{q, item->id};
+      q->rows += x.rows();
+      q->items.push_back(std::move(item));
+      ++stats_.requests;
+      if (q->leader_active) return ticket;  // the leader will take it
+      q->leader_active = true;
+      Lead(q, options);
+      return {};  // completed, with every call that queued meanwhile
+    }
+  }
+  done(std::move(admitted));
+  return {};
+}
+
+bool Batcher::Cancel(const Ticket& ticket) {
+  if (ticket.queue == nullptr) return false;
+  std::unique_ptr<Item> taken_back;  // destroyed (with its done) outside the lock
+  absl::MutexLock lock(&mu_);
+  // Queues live as long as the batcher, so the pointer is valid; find the
+  // one it names among them rather than trusting it blindly.
+  for (auto& [key, q] : queues_) {
+    if (q.get() != ticket.queue) continue;
+    for (auto it = q->items.begin(); it != q->items.end(); ++it) {
+      if ((*it)->id != ticket.id) continue;
+      q->rows -= (*it)->x.rows();
+      taken_back = std::move(*it);
+      q->items.erase(it);
       if (q->items.empty() && !q->leader_active) q->model.reset();
+      return true;
+    }
+    return false;
+  }
+  return false;
+}
+
+absl::Status Batcher::Run(const std::string& model_name, const std::shared_ptr<const Model>& model,
+                          BatchOp op, ConstMatrixRef x, absl::Time deadline,
+                          const std::function<bool()>& cancelled, RowMatrix* out) {
+  absl::Notification finished;
+  absl::Status result;
+  const Ticket ticket = Submit(model_name, model, op, x, deadline, out, [&](absl::Status s) {
+    result = std::move(s);
+    finished.Notify();
+  });
+  // Wait in short slices so that the deadline and cancellation are noticed.
+  while (!finished.WaitForNotificationWithDeadline(
+      std::min(deadline, absl::Now() + absl::Milliseconds(2)))) {
+    const bool expired = absl::Now() >= deadline;
+    if (!expired && !(cancelled && cancelled())) continue;
+    if (Cancel(ticket)) {
       return expired ? absl::DeadlineExceededError("the deadline passed while queued for batching")
                      : absl::CancelledError("the call was cancelled while queued for batching");
     }
+    finished.WaitForNotification();  // being computed: it finishes soon
   }
-  return item.status;
+  return result;
 }
 
-void Batcher::Lead(Queue* q, const BatchingOptions& options, Item* own) {
-  // Runs batches until this leader's own item is done, then passes
-  // leadership to the next waiting request.
-  while (!own->done) {
+void Batcher::Lead(Queue* q, const BatchingOptions& options) {
+  while (!q->items.empty()) {
     if (options.max_queue_delay_us > 0 && q->rows < options.max_batch_rows) {
       const auto full = [q, &options]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
         return q->rows >= options.max_batch_rows;
       };
       mu_.AwaitWithTimeout(absl::Condition(&full),
                            absl::Microseconds(options.max_queue_delay_us));
+      if (q->items.empty()) break;  // every waiting call was taken back
     }
-    std::vector<Item*> batch;
+    std::vector<std::unique_ptr<Item>> batch, expired;
     int64_t rows = 0;
+    const absl::Time now = absl::Now();
     while (!q->items.empty() &&
            (batch.empty() || rows + q->items.front()->x.rows() <= options.max_batch_rows)) {
-      Item* it = q->items.front();
+      std::unique_ptr<Item> it = std::move(q->items.front());
       q->items.pop_front();
-      it->taken = true;
+      q->rows -= it->x.rows();
+      if (it->deadline <= now) {
+        expired.push_back(std::move(it));
+        continue;
+      }
       rows += it->x.rows();
-      batch.push_back(it);
+      batch.push_back(std::move(it));
     }
-    q->rows -= rows;
-    if (batch.empty()) break;  // own item left the queue (cannot happen: it is taken here)
-    const double waited_us = absl::ToDoubleMicroseconds(absl::Now() - batch.front()->enqueued);
-    ++stats_.batches;
-    stats_.rows += rows;
+    double waited_us = 0;
+    if (!batch.empty()) {
+      waited_us = absl::ToDoubleMicroseconds(now - batch.front()->enqueued);
+      ++stats_.batches;
+      stats_.rows += rows;
+    }
     std::shared_ptr<const Model> model = q->model;
     mu_.Unlock();
+    for (auto& it : expired) {
+      it->done(absl::DeadlineExceededError("the deadline passed while queued for batching"));
+    }
     if (batch.size() == 1) {
-      batch[0]->status = Compute(*model, q->op, batch[0]->x, batch[0]->out);
-    } else {
+      batch[0]->done(Compute(*model, q->op, batch[0]->x, batch[0]->out));
+    } else if (!batch.empty()) {
       RowMatrix merged(rows, model->d_in());
       int64_t r = 0;
-      for (Item* it : batch) {
+      for (auto& it : batch) {
         merged.middleRows(r, it->x.rows()) = it->x;
         r += it->x.rows();
       }
       RowMatrix result;
       absl::Status s = Compute(*model, q->op, merged, &result);
       r = 0;
-      for (Item* it : batch) {
-        it->status = s;
+      for (auto& it : batch) {
         if (s.ok()) *it->out = result.middleRows(r, it->x.rows());
         r += it->x.rows();
+        it->done(s);  // the caller may free x and out from here on
       }
     }
-    if (observer_) observer_(rows, waited_us);
+    if (observer_ && !batch.empty()) observer_(rows, waited_us);
+    batch.clear();
+    expired.clear();
     mu_.Lock();
-    for (Item* it : batch) it->done = true;
   }
   q->leader_active = false;
   // An idle queue must not keep its model version alive (it may have been
   // deleted or replaced); the next request sets it again.
-  if (q->items.empty()) q->model.reset();
+  q->model.reset();
 }
 
 }  // namespace sae::server

@@ -1,19 +1,23 @@
 // Dynamic batching: concurrent Encode, Reconstruct and Denoise requests for
 // the same model version are merged into one matrix product and split back,
 // as TF Serving's and Triton's batchers do. A one-row request costs about
-// as much as a 16-row one (reading the weights dominates), so merging turns
+// as much as an 8-row one (reading the weights dominates), so merging turns
 // many small calls into few products.
 //
-// No extra threads: the first request to find a queue idle becomes its
-// leader, waits up to max_queue_delay for company (or until max_batch_rows
-// are queued), runs the product for the rows queued so far, and hands the
-// results back; when its own rows are done it passes leadership on. With a
-// delay of 0 batches form from the requests that queue while a product runs.
+// No threads of its own: the call that finds its queue idle leads it. The
+// leader waits up to max_queue_delay for company (or until max_batch_rows
+// are queued), runs the product for the rows queued so far, hands each call
+// its result, and goes on until the queue is empty. Calls that find a leader
+// at work just queue: Submit returns at once and the leader completes them,
+// so an asynchronous (callback-API) handler never blocks on the queue. With
+// a delay of 0 batches form from the calls that queue while a product runs.
 //
-// A request's deadline and cancellation still hold in the queue: it leaves
-// with DEADLINE_EXCEEDED or CANCELLED if its rows were not taken yet. A full
-// queue is RESOURCE_EXHAUSTED. Results equal unbatched ones within float
-// rounding (a batched product may sum in another order than a one-row one).
+// A call's deadline and cancellation still hold in the queue: Run returns
+// DEADLINE_EXCEEDED or CANCELLED if its rows were not taken yet, Submit's
+// caller takes a call back with Cancel, and the leader drops calls whose
+// deadline passed. A full queue is RESOURCE_EXHAUSTED. Results equal
+// unbatched ones within float rounding (a batched product may sum in
+// another order than a one-row one).
 //
 // Thread-safe.
 #ifndef SAE_SERVER_BATCHER_H_
@@ -65,9 +69,29 @@ class Batcher {
   Batcher(BatchingOptions defaults, std::map<std::string, BatchingOptions> per_model);
   ~Batcher();
 
-  // Computes `op` of `model` on `x` into `out` (resized to fit).
-  // `model_name` selects per-model settings. `cancelled` is polled while
-  // waiting in the queue.
+  // Receives a call's outcome, exactly once, after *out is filled.
+  using Done = std::function<void(absl::Status)>;
+  // Identifies a queued call, for Cancel. Empty when there is nothing left
+  // to cancel (the call completed inside Submit).
+  struct Ticket {
+    const void* queue = nullptr;
+    uint64_t id = 0;
+  };
+
+  // Computes `op` of `model` on `x` into `out` (resized to fit) and calls
+  // done(status), exactly once, unless Cancel takes the call back first.
+  // `x` and `out` must stay valid until then. `model_name` selects per-model
+  // settings. When the call finds its queue idle, this thread leads it (see
+  // above) and done has run before Submit returns; errors found up front (a
+  // width the model does not take, a full queue) are also reported through
+  // done before Submit returns.
+  Ticket Submit(const std::string& model_name, const std::shared_ptr<const Model>& model,
+                BatchOp op, ConstMatrixRef x, absl::Time deadline, RowMatrix* out, Done done);
+  // Takes back a call still waiting in its queue: true when it was (its done
+  // will never run), false when it is being computed or completed already.
+  bool Cancel(const Ticket& ticket);
+
+  // Submit, waiting for the outcome. `cancelled` is polled while waiting.
   absl::Status Run(const std::string& model_name, const std::shared_ptr<const Model>& model,
                    BatchOp op, ConstMatrixRef x, absl::Time deadline,
                    const std::function<bool()>& cancelled, RowMatrix* out);
@@ -83,7 +107,8 @@ class Batcher {
   struct Item;
   struct Queue;
   const BatchingOptions& OptionsFor(const std::string& model_name) const;
-  void Lead(Queue* q, const BatchingOptions& options, Item* own) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs batches until `q` is empty; called and returns with mu_ held.
+  void Lead(Queue* q, const BatchingOptions& options) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static absl::Status Compute(const Model& model, BatchOp op, ConstMatrixRef x, RowMatrix* out);
 
   const BatchingOptions defaults_;
@@ -92,6 +117,7 @@ class Batcher {
   mutable absl::Mutex mu_;
   std::map<std::pair<const Model*, BatchOp>, std::unique_ptr<Queue>> queues_ ABSL_GUARDED_BY(mu_);
   BatchStats stats_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   // Rows of unmerged calls being computed, per model version.
   std::map<const Model*, int64_t> direct_rows_ ABSL_GUARDED_BY(mu_);
 };

@@ -185,7 +185,7 @@ void VersionToProto(const VersionInfo& v, const ModelConfig* config, v1::ModelVe
 }
 
 // Checks the deadline and cancellation before work starts.
-absl::Status CheckContext(grpc::ServerContext* context) {
+absl::Status CheckContext(grpc::ServerContextBase* context) {
   if (context->IsCancelled()) return absl::CancelledError("the call was cancelled");
   if (context->deadline() < std::chrono::system_clock::now()) {
     return absl::DeadlineExceededError("the deadline passed before the work started");
@@ -206,7 +206,7 @@ SaeService::SaeService(ModelStore* store, ModelRegistry* registry, TrainingJobMa
     : store_(store), registry_(registry), jobs_(jobs), datasets_(datasets), batcher_(batcher),
       metrics_(metrics), auth_(auth), limits_(limits) {}
 
-grpc::Status SaeService::Authorize(grpc::ServerContext* context, absl::string_view method) const {
+grpc::Status SaeService::Authorize(grpc::ServerContextBase* context, absl::string_view method) const {
   if (auth_ == nullptr) return grpc::Status::OK;
   absl::string_view header;
   const auto& metadata = context->client_metadata();
@@ -242,7 +242,7 @@ absl::Status SaeService::Compute(const std::string& model_name, const ServedMode
 
 namespace {
 
-CallInfo InfoOf(grpc::ServerContext* context) {
+CallInfo InfoOf(grpc::ServerContextBase* context) {
   CallInfo info;
   info.deadline = absl::FromChrono(context->deadline());
   info.cancelled = [context] { return context->IsCancelled(); };
@@ -409,34 +409,65 @@ grpc::Status SaeService::DeleteDataset(grpc::ServerContext* context, const v1::D
 
 // ---- inference ---------------------------------------------------------
 
-absl::Status SaeService::DoEncode(const v1::EncodeRequest& request, v1::EncodeResponse* response,
-                                  const CallInfo& call) {
-  absl::StatusOr<ModelRef> ref = FromProto(request.model(), "model");
+absl::StatusOr<SaeService::Inference> SaeService::Prepare(const v1::ModelRef& model,
+                                                         const v1::Tensor& input) const {
+  absl::StatusOr<ModelRef> ref = FromProto(model, "model");
   if (!ref.ok()) return ref.status();
-  if (request.top_n() < 0) return Invalid("top_n", "must be >= 0");
   absl::StatusOr<ServedModel> served = registry_->Get(*ref);
   if (!served.ok()) return served.status();
-  const Model& model = *served->model;
   absl::StatusOr<ConstMatrixMap> x =
-      ViewTensor(request.input(), "input", {model.d_in(), limits_.max_rows_per_request});
+      ViewTensor(input, "input", {served->model->d_in(), limits_.max_rows_per_request});
   if (!x.ok()) return x.status();
-  response->set_model_version(served->version);
-  if (request.sparse()) {
-    absl::StatusOr<SparseCodes> codes = model.EncodeSparse(*x, request.top_n());
-    if (!codes.ok()) return codes.status();
-    v1::SparseCodes* s = response->mutable_sparse();
-    s->set_rows(codes->rows);
-    s->set_d_hidden(codes->d_hidden);
-    s->mutable_row_offsets()->Add(codes->row_offsets.begin(), codes->row_offsets.end());
-    s->mutable_indices()->Add(codes->indices.begin(), codes->indices.end());
-    s->mutable_values()->Add(codes->values.begin(), codes->values.end());
-    return absl::OkStatus();
+  return Inference{ref->name, *std::move(served), *x};
+}
+
+void SaeService::FillEncode(const v1::EncodeRequest& request, const Inference& in,
+                            const RowMatrix& codes, v1::EncodeResponse* response) {
+  FillTensor(codes, request.raw_output(), response->mutable_dense());
+  response->set_model_version(in.served.version);
+}
+
+void SaeService::FillReconstruct(const v1::ReconstructRequest& request, const Inference& in,
+                                 const RowMatrix& out, v1::ReconstructResponse* response) {
+  FillTensor(out, request.raw_output(), response->mutable_output());
+  for (Eigen::Index r = 0; r < out.rows(); ++r) {
+    response->add_row_mse((out.row(r) - in.x.row(r)).squaredNorm() / static_cast<float>(out.cols()));
   }
+  response->set_model_version(in.served.version);
+}
+
+void SaeService::FillDenoise(const v1::DenoiseRequest& request, const Inference& in,
+                             const RowMatrix& out, v1::DenoiseResponse* response) {
+  FillTensor(out, request.raw_output(), response->mutable_output());
+  response->set_model_version(in.served.version);
+}
+
+absl::Status SaeService::EncodeSparse(const v1::EncodeRequest& request, const Inference& in,
+                                      v1::EncodeResponse* response) {
+  absl::StatusOr<SparseCodes> codes = in.served.model->EncodeSparse(in.x, request.top_n());
+  if (!codes.ok()) return codes.status();
+  v1::SparseCodes* s = response->mutable_sparse();
+  s->set_rows(codes->rows);
+  s->set_d_hidden(codes->d_hidden);
+  s->mutable_row_offsets()->Add(codes->row_offsets.begin(), codes->row_offsets.end());
+  s->mutable_indices()->Add(codes->indices.begin(), codes->indices.end());
+  s->mutable_values()->Add(codes->values.begin(), codes->values.end());
+  response->set_model_version(in.served.version);
+  return absl::OkStatus();
+}
+
+absl::Status SaeService::DoEncode(const v1::EncodeRequest& request, v1::EncodeResponse* response,
+                                  const CallInfo& call) {
+  if (request.top_n() < 0) return Invalid("top_n", "must be >= 0");
+  absl::StatusOr<Inference> in = Prepare(request.model(), request.input());
+  if (!in.ok()) return in.status();
+  if (request.sparse()) return EncodeSparse(request, *in, response);
   RowMatrix codes;
-  if (absl::Status s = Compute(ref->name, *served, BatchOp::kEncode, *x, call, &codes); !s.ok()) {
+  if (absl::Status s = Compute(in->model_name, in->served, BatchOp::kEncode, in->x, call, &codes);
+      !s.ok()) {
     return s;
   }
-  FillTensor(codes, request.raw_output(), response->mutable_dense());
+  FillEncode(request, *in, codes, response);
   return absl::OkStatus();
 }
 
@@ -457,48 +488,134 @@ absl::Status SaeService::DoDecode(const v1::DecodeRequest& request, v1::DecodeRe
 
 absl::Status SaeService::DoReconstruct(const v1::ReconstructRequest& request,
                                        v1::ReconstructResponse* response, const CallInfo& call) {
-  absl::StatusOr<ModelRef> ref = FromProto(request.model(), "model");
-  if (!ref.ok()) return ref.status();
-  absl::StatusOr<ServedModel> served = registry_->Get(*ref);
-  if (!served.ok()) return served.status();
-  absl::StatusOr<ConstMatrixMap> x = ViewTensor(
-      request.input(), "input", {served->model->d_in(), limits_.max_rows_per_request});
-  if (!x.ok()) return x.status();
+  absl::StatusOr<Inference> in = Prepare(request.model(), request.input());
+  if (!in.ok()) return in.status();
   RowMatrix out;
-  if (absl::Status s = Compute(ref->name, *served, BatchOp::kReconstruct, *x, call, &out); !s.ok()) {
+  if (absl::Status s = Compute(in->model_name, in->served, BatchOp::kReconstruct, in->x, call, &out);
+      !s.ok()) {
     return s;
   }
-  FillTensor(out, request.raw_output(), response->mutable_output());
-  for (Eigen::Index r = 0; r < out.rows(); ++r) {
-    response->add_row_mse((out.row(r) - x->row(r)).squaredNorm() / static_cast<float>(out.cols()));
-  }
-  response->set_model_version(served->version);
+  FillReconstruct(request, *in, out, response);
   return absl::OkStatus();
 }
 
 absl::Status SaeService::DoDenoise(const v1::DenoiseRequest& request, v1::DenoiseResponse* response,
                                    const CallInfo& call) {
-  absl::StatusOr<ModelRef> ref = FromProto(request.model(), "model");
-  if (!ref.ok()) return ref.status();
-  absl::StatusOr<ServedModel> served = registry_->Get(*ref);
-  if (!served.ok()) return served.status();
-  absl::StatusOr<ConstMatrixMap> x = ViewTensor(
-      request.input(), "input", {served->model->d_in(), limits_.max_rows_per_request});
-  if (!x.ok()) return x.status();
+  absl::StatusOr<Inference> in = Prepare(request.model(), request.input());
+  if (!in.ok()) return in.status();
   RowMatrix out;
-  if (absl::Status s = Compute(ref->name, *served, BatchOp::kDenoise, *x, call, &out); !s.ok()) {
+  if (absl::Status s = Compute(in->model_name, in->served, BatchOp::kDenoise, in->x, call, &out);
+      !s.ok()) {
     return s;
   }
-  FillTensor(out, request.raw_output(), response->mutable_output());
-  response->set_model_version(served->version);
+  FillDenoise(request, *in, out, response);
   return absl::OkStatus();
 }
 
-grpc::Status SaeService::Encode(grpc::ServerContext* context, const v1::EncodeRequest* request,
-                                v1::EncodeResponse* response) {
-  if (grpc::Status denied = Authorize(context, "Encode"); !denied.ok()) return denied;
-  if (absl::Status s = CheckContext(context); !s.ok()) return ToGrpcStatus(s);
-  return ToGrpcStatus(DoEncode(*request, response, InfoOf(context)));
+namespace {
+
+// A unary Encode, Reconstruct or Denoise call waiting for its batch, on the
+// callback API: no thread waits for it. It completes when the batcher hands
+// back its rows (on the thread that computed the batch), or when the client
+// cancels or the deadline passes while its rows are still queued.
+class BatchedCall final : public grpc::ServerUnaryReactor {
+ public:
+  // Fills the response from the computed rows.
+  using Fill = std::function<void(const RowMatrix& out)>;
+
+  BatchedCall(Batcher* batcher, grpc::CallbackServerContext* context, Fill fill)
+      : batcher_(batcher), context_(context), fill_(std::move(fill)) {}
+
+  // Queues the rows (or computes them on this thread when the queue is
+  // idle). Called once, from the method handler.
+  void Start(const std::string& model_name, const std::shared_ptr<const Model>& model, BatchOp op,
+             ConstMatrixRef x) {
+    const Batcher::Ticket ticket =
+        batcher_->Submit(model_name, model, op, x, absl::FromChrono(context_->deadline()), &out_,
+                         [this](absl::Status s) { Complete(std::move(s)); });
+    absl::MutexLock lock(&mu_);
+    ticket_ = ticket;
+  }
+
+  // gRPC calls it only after the handler returned, so ticket_ is set (the
+  // lock makes that visible to tools that cannot see gRPC's own ordering);
+  // a call already being computed completes normally (its result is
+  // dropped by gRPC).
+  void OnCancel() override {
+    Batcher::Ticket ticket;
+    {
+      absl::MutexLock lock(&mu_);
+      ticket = ticket_;
+    }
+    if (!batcher_->Cancel(ticket)) return;
+    Finish(context_->deadline() <= std::chrono::system_clock::now()
+               ? grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                              "the deadline passed while queued for batching")
+               : grpc::Status(grpc::StatusCode::CANCELLED,
+                              "the call was cancelled while queued for batching"));
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void Complete(absl::Status status) {
+    if (status.ok()) fill_(out_);
+    Finish(ToGrpcStatus(status));
+  }
+
+  Batcher* const batcher_;
+  grpc::CallbackServerContext* const context_;
+  const Fill fill_;
+  RowMatrix out_;
+  absl::Mutex mu_;
+  Batcher::Ticket ticket_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+template <typename Request, typename Response, typename FillFn, typename SyncFn>
+grpc::ServerUnaryReactor* SaeService::StartInference(grpc::CallbackServerContext* context,
+                                                     absl::string_view method, BatchOp op,
+                                                     const Request* request, Response* response,
+                                                     FillFn fill, SyncFn sync) {
+  auto finish_now = [context](const grpc::Status& status) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(status);
+    return reactor;
+  };
+  if (grpc::Status denied = Authorize(context, method); !denied.ok()) return finish_now(denied);
+  if (absl::Status s = CheckContext(context); !s.ok()) return finish_now(ToGrpcStatus(s));
+  if (batcher_ == nullptr) {
+    // Nothing to wait for: compute on this thread.
+    return finish_now(ToGrpcStatus(sync(InfoOf(context))));
+  }
+  absl::StatusOr<Inference> in = Prepare(request->model(), request->input());
+  if (!in.ok()) return finish_now(ToGrpcStatus(in.status()));
+  if (metrics_ != nullptr) metrics_->RecordRows(in->model_name, in->served.version, in->x.rows());
+  // The call owns what the batch needs: the model version and the view of
+  // the request (gRPC keeps the request until the call is done).
+  auto prepared = std::make_shared<Inference>(*std::move(in));
+  auto* call = new BatchedCall(batcher_, context,
+                               [prepared, request, response, fill](const RowMatrix& out) {
+                                 fill(*request, *prepared, out, response);
+                               });
+  call->Start(prepared->model_name, prepared->served.model, op, prepared->x);
+  return call;
+}
+
+grpc::ServerUnaryReactor* SaeService::Encode(grpc::CallbackServerContext* context,
+                                             const v1::EncodeRequest* request,
+                                             v1::EncodeResponse* response) {
+  if (request->sparse() || request->top_n() < 0) {
+    // Sparse codes are not batched: validated and computed on this thread.
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    grpc::Status status = Authorize(context, "Encode");
+    if (status.ok()) status = ToGrpcStatus(CheckContext(context));
+    if (status.ok()) status = ToGrpcStatus(DoEncode(*request, response, InfoOf(context)));
+    reactor->Finish(status);
+    return reactor;
+  }
+  return StartInference(context, "Encode", BatchOp::kEncode, request, response, &FillEncode,
+                        [&](const CallInfo& call) { return DoEncode(*request, response, call); });
 }
 
 grpc::Status SaeService::Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
@@ -508,19 +625,20 @@ grpc::Status SaeService::Decode(grpc::ServerContext* context, const v1::DecodeRe
   return ToGrpcStatus(DoDecode(*request, response));
 }
 
-grpc::Status SaeService::Reconstruct(grpc::ServerContext* context,
-                                     const v1::ReconstructRequest* request,
-                                     v1::ReconstructResponse* response) {
-  if (grpc::Status denied = Authorize(context, "Reconstruct"); !denied.ok()) return denied;
-  if (absl::Status s = CheckContext(context); !s.ok()) return ToGrpcStatus(s);
-  return ToGrpcStatus(DoReconstruct(*request, response, InfoOf(context)));
+grpc::ServerUnaryReactor* SaeService::Reconstruct(grpc::CallbackServerContext* context,
+                                                  const v1::ReconstructRequest* request,
+                                                  v1::ReconstructResponse* response) {
+  return StartInference(context, "Reconstruct", BatchOp::kReconstruct, request, response,
+                        &FillReconstruct, [&](const CallInfo& call) {
+                          return DoReconstruct(*request, response, call);
+                        });
 }
 
-grpc::Status SaeService::Denoise(grpc::ServerContext* context, const v1::DenoiseRequest* request,
-                                 v1::DenoiseResponse* response) {
-  if (grpc::Status denied = Authorize(context, "Denoise"); !denied.ok()) return denied;
-  if (absl::Status s = CheckContext(context); !s.ok()) return ToGrpcStatus(s);
-  return ToGrpcStatus(DoDenoise(*request, response, InfoOf(context)));
+grpc::ServerUnaryReactor* SaeService::Denoise(grpc::CallbackServerContext* context,
+                                              const v1::DenoiseRequest* request,
+                                              v1::DenoiseResponse* response) {
+  return StartInference(context, "Denoise", BatchOp::kDenoise, request, response, &FillDenoise,
+                        [&](const CallInfo& call) { return DoDenoise(*request, response, call); });
 }
 
 namespace {

@@ -32,7 +32,14 @@ struct CallInfo {
   std::function<bool()> cancelled;
 };
 
-class SaeService final : public v1::SparseAutoencoderService::Service {
+// Encode, Reconstruct and Denoise use gRPC's callback API, so that a call
+// waiting for its batch holds no thread; the other methods are synchronous.
+using SaeServiceBase = v1::SparseAutoencoderService::WithCallbackMethod_Encode<
+    v1::SparseAutoencoderService::WithCallbackMethod_Reconstruct<
+        v1::SparseAutoencoderService::WithCallbackMethod_Denoise<
+            v1::SparseAutoencoderService::Service>>>;
+
+class SaeService final : public SaeServiceBase {
  public:
   // Every pointer must outlive the service.
   // `batcher` may be null (no batching), `metrics` too (none recorded), and
@@ -56,12 +63,14 @@ class SaeService final : public v1::SparseAutoencoderService::Service {
                             v1::ListDatasetsResponse*) override;
   grpc::Status DeleteDataset(grpc::ServerContext*, const v1::DeleteDatasetRequest*,
                              v1::DeleteDatasetResponse*) override;
-  grpc::Status Encode(grpc::ServerContext*, const v1::EncodeRequest*, v1::EncodeResponse*) override;
+  grpc::ServerUnaryReactor* Encode(grpc::CallbackServerContext*, const v1::EncodeRequest*,
+                                   v1::EncodeResponse*) override;
   grpc::Status Decode(grpc::ServerContext*, const v1::DecodeRequest*, v1::DecodeResponse*) override;
-  grpc::Status Reconstruct(grpc::ServerContext*, const v1::ReconstructRequest*,
-                           v1::ReconstructResponse*) override;
-  grpc::Status Denoise(grpc::ServerContext*, const v1::DenoiseRequest*,
-                       v1::DenoiseResponse*) override;
+  grpc::ServerUnaryReactor* Reconstruct(grpc::CallbackServerContext*,
+                                        const v1::ReconstructRequest*,
+                                        v1::ReconstructResponse*) override;
+  grpc::ServerUnaryReactor* Denoise(grpc::CallbackServerContext*, const v1::DenoiseRequest*,
+                                    v1::DenoiseResponse*) override;
   grpc::Status StreamEncode(
       grpc::ServerContext*,
       grpc::ServerReaderWriter<v1::StreamEncodeResponse, v1::StreamEncodeRequest>*) override;
@@ -110,7 +119,32 @@ class SaeService final : public v1::SparseAutoencoderService::Service {
 
   // Every handler's first step: OK, UNAUTHENTICATED or PERMISSION_DENIED
   // for calling `method` with the call's bearer token.
-  grpc::Status Authorize(grpc::ServerContext* context, absl::string_view method) const;
+  grpc::Status Authorize(grpc::ServerContextBase* context, absl::string_view method) const;
+
+  // An inference request, validated: its model version and a view of its
+  // input rows (valid while the request is).
+  struct Inference {
+    std::string model_name;
+    ServedModel served;
+    ConstMatrixMap x;
+  };
+  absl::StatusOr<Inference> Prepare(const v1::ModelRef& model, const v1::Tensor& input) const;
+  // Write a response from the computed rows.
+  static void FillEncode(const v1::EncodeRequest& request, const Inference& in,
+                         const RowMatrix& codes, v1::EncodeResponse* response);
+  static void FillReconstruct(const v1::ReconstructRequest& request, const Inference& in,
+                              const RowMatrix& out, v1::ReconstructResponse* response);
+  static void FillDenoise(const v1::DenoiseRequest& request, const Inference& in,
+                          const RowMatrix& out, v1::DenoiseResponse* response);
+  static absl::Status EncodeSparse(const v1::EncodeRequest& request, const Inference& in,
+                                   v1::EncodeResponse* response);
+  // A callback-API unary inference call: authorized, validated, then queued
+  // for its batch; `sync` serves it on this thread when there is no batcher.
+  template <typename Request, typename Response, typename FillFn, typename SyncFn>
+  grpc::ServerUnaryReactor* StartInference(grpc::CallbackServerContext* context,
+                                           absl::string_view method, BatchOp op,
+                                           const Request* request, Response* response, FillFn fill,
+                                           SyncFn sync);
 
   // Runs `op` through the batcher when there is one, directly otherwise.
   absl::Status Compute(const std::string& model_name, const ServedModel& served, BatchOp op,

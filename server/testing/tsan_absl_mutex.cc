@@ -17,7 +17,8 @@
 // so that processes without TSan that inherit LD_PRELOAD (openssl, sh) load
 // it harmlessly.
 //
-// Mutex::AwaitWithTimeout and CondVar::WaitWithTimeout are not wrapped:
+// Mutex::AwaitWithTimeout, Mutex::LockWhenWithTimeout and
+// CondVar::WaitWithTimeout are not wrapped:
 // the library implements them as tail calls of the *WithDeadline functions,
 // which are (a wrapper inside a wrapper would release the lock twice).
 //
@@ -136,6 +137,19 @@ void MutexLockWhen(void* mu, const void* cond) {
   PreLock(mu, 0);
   real(mu, cond);
   PostLock(mu, 0);
+}
+
+// absl::Notification's timed waits lock this way (LockWhenWithTimeout is
+// a tail call of it, like AwaitWithTimeout below).
+bool MutexLockWhenWithDeadline(void* mu, const void* cond, Time deadline)
+    __asm__(ABSL_SYM("5Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE"));
+bool MutexLockWhenWithDeadline(void* mu, const void* cond, Time deadline) {
+  static auto real = Real<bool (*)(void*, const void*, Time)>(
+      ABSL_SYM("5Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE"));
+  PreLock(mu, 0);
+  const bool met = real(mu, cond, deadline);
+  PostLock(mu, 0);
+  return met;
 }
 
 // Await: the caller holds `mu` (for writing, as everywhere in this
