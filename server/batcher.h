@@ -91,6 +91,14 @@ class Batcher {
   // will never run), false when it is being computed or completed already.
   bool Cancel(const Ticket& ticket);
 
+  // Whether a call of `rows` rows for `model_name` queues to be merged
+  // (batching on for that model and fewer than max_batch_rows rows); other
+  // calls are computed on the calling thread, at once.
+  bool Merges(const std::string& model_name, int64_t rows) const {
+    const BatchingOptions& options = OptionsFor(model_name);
+    return options.enabled && rows < options.max_batch_rows;
+  }
+
   // Submit, waiting for the outcome. `cancelled` is polled while waiting.
   absl::Status Run(const std::string& model_name, const std::shared_ptr<const Model>& model,
                    BatchOp op, ConstMatrixRef x, absl::Time deadline,

@@ -32,13 +32,14 @@ constexpr int64_t kIn = 8, kHidden = 32;
 
 class BatchingRpcTest : public ::testing::Test {
  protected:
-  void StartServer(int64_t max_rows, int64_t max_delay_us, int64_t max_queued_rows) {
+  void StartServer(int64_t max_rows, int64_t max_delay_us, int64_t max_queued_rows,
+                   int64_t d_in = kIn, int64_t d_hidden = kHidden) {
     root_ = absl::StrCat(::testing::TempDir(), "/batching_rpc_", ::getpid(), "_",
                          ::testing::UnitTest::GetInstance()->current_test_info()->name());
     ASSERT_TRUE(RemoveTree(root_).ok());
     auto store = ModelStore::Open(root_ + "/models");
     ASSERT_TRUE(store.ok()) << store.status();
-    ModelConfig config = DefaultConfig(kIn, kHidden, Activation::kRelu);
+    ModelConfig config = DefaultConfig(d_in, d_hidden, Activation::kRelu);
     auto model = Model::Create(config, InitialWeights(config, 7));
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = std::move(*model);
@@ -51,11 +52,15 @@ class BatchingRpcTest : public ::testing::Test {
     options.batch_max_rows = max_rows;
     options.batch_max_delay_us = max_delay_us;
     options.batch_max_queued_rows = max_queued_rows;
+    options.max_message_bytes = 256 << 20;
     auto server = Server::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(*server);
-    stub_ = v1::SparseAutoencoderService::NewStub(grpc::CreateChannel(
-        absl::StrCat("127.0.0.1:", server_->port()), grpc::InsecureChannelCredentials()));
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(256 << 20);
+    args.SetMaxSendMessageSize(256 << 20);
+    stub_ = v1::SparseAutoencoderService::NewStub(grpc::CreateCustomChannel(
+        absl::StrCat("127.0.0.1:", server_->port()), grpc::InsecureChannelCredentials(), args));
   }
   void TearDown() override {
     server_.reset();
@@ -171,6 +176,52 @@ TEST_F(BatchingRpcTest, ACallWhoseDeadlinePassesInTheQueueIsTakenBack) {
                                  << " (the expired call still held its queue rows)";
   EXPECT_LT((Rows(leader_out.dense()) - *model_->Encode(one)).cwiseAbs().maxCoeff(), 1e-5f);
   EXPECT_LT((Rows(later_out.dense()) - *model_->Encode(two)).cwiseAbs().maxCoeff(), 1e-5f);
+}
+
+// Calls too large to merge are computed off gRPC's callback threads, so a
+// one-row call is not held up behind them (on the callback threads it waited
+// until both large calls were done, 1.2 s on the development machine).
+TEST_F(BatchingRpcTest, ASmallCallIsNotHeldUpByLargeOnes) {
+  constexpr int64_t kWide = 784, kLarge = 6000;
+  StartServer(/*max_rows=*/256, /*max_delay_us=*/0, /*max_queued_rows=*/16384, kWide, 4096);
+  const RowMatrix large = RandomMatrix(kLarge, kWide, 5), small = RandomMatrix(1, kWide, 6);
+  std::atomic<int> large_done{0};
+  std::vector<double> large_ms(2);
+  std::vector<std::thread> larges;
+  const auto start = Clock::now();
+  for (int i = 0; i < 2; ++i) {
+    larges.emplace_back([&, i] {
+      v1::ReconstructRequest r;
+      r.mutable_model()->set_name("m");
+      SetTensor(large, r.mutable_input(), /*raw=*/true);
+      r.set_raw_output(true);
+      v1::ReconstructResponse out;
+      grpc::ClientContext ctx;
+      EXPECT_TRUE(stub_->Reconstruct(&ctx, r, &out).ok());
+      large_ms[i] = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+      ++large_done;
+    });
+  }
+  // One-row calls, one after another, for as long as both large ones run.
+  double slowest_small_ms = 0;
+  int smalls = 0;
+  while (large_done == 0) {
+    const auto t = Clock::now();
+    v1::EncodeResponse out;
+    ASSERT_TRUE(Encode(small, std::chrono::seconds(60), &out).ok());
+    if (large_done == 0) {
+      slowest_small_ms = std::max(
+          slowest_small_ms, std::chrono::duration<double, std::milli>(Clock::now() - t).count());
+      ++smalls;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  for (auto& t : larges) t.join();
+  if (smalls < 3) GTEST_SKIP() << "the large calls ended too soon to overlap small ones";
+  const double first_large = std::min(large_ms[0], large_ms[1]);
+  EXPECT_LT(slowest_small_ms, first_large / 2)
+      << "slowest of " << smalls << " small calls " << slowest_small_ms << " ms, large calls "
+      << large_ms[0] << " and " << large_ms[1] << " ms";
 }
 
 }  // namespace

@@ -202,9 +202,17 @@ std::string TempDir(const std::string& root) {
 
 SaeService::SaeService(ModelStore* store, ModelRegistry* registry, TrainingJobManager* jobs,
                        DatasetStore* datasets, Batcher* batcher, Metrics* metrics,
-                       const TokenAuthenticator* auth, ServiceLimits limits)
+                       const TokenAuthenticator* auth, ServiceLimits limits, ComputePool* pool)
     : store_(store), registry_(registry), jobs_(jobs), datasets_(datasets), batcher_(batcher),
-      metrics_(metrics), auth_(auth), limits_(limits) {}
+      metrics_(metrics), auth_(auth), limits_(limits), pool_(pool) {}
+
+void SaeService::RunOffCallbackThread(std::function<void()> fn) {
+  if (pool_ != nullptr) {
+    pool_->Run(std::move(fn));
+  } else {
+    fn();
+  }
+}
 
 grpc::Status SaeService::Authorize(grpc::ServerContextBase* context, absl::string_view method) const {
   if (auth_ == nullptr) return grpc::Status::OK;
@@ -575,8 +583,9 @@ class BatchedCall final : public grpc::ServerUnaryReactor {
 template <typename Request, typename Response, typename FillFn, typename SyncFn>
 grpc::ServerUnaryReactor* SaeService::StartInference(grpc::CallbackServerContext* context,
                                                      absl::string_view method, BatchOp op,
-                                                     const Request* request, Response* response,
-                                                     FillFn fill, SyncFn sync) {
+                                                     bool batchable, const Request* request,
+                                                     Response* response, FillFn fill,
+                                                     SyncFn sync) {
   auto finish_now = [context](const grpc::Status& status) {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     reactor->Finish(status);
@@ -584,16 +593,31 @@ grpc::ServerUnaryReactor* SaeService::StartInference(grpc::CallbackServerContext
   };
   if (grpc::Status denied = Authorize(context, method); !denied.ok()) return finish_now(denied);
   if (absl::Status s = CheckContext(context); !s.ok()) return finish_now(ToGrpcStatus(s));
-  if (batcher_ == nullptr) {
-    // Nothing to wait for: compute on this thread.
-    return finish_now(ToGrpcStatus(sync(InfoOf(context))));
+  if (!batchable) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    RunOffCallbackThread(
+        [reactor, context, sync] { reactor->Finish(ToGrpcStatus(sync(InfoOf(context)))); });
+    return reactor;
   }
   absl::StatusOr<Inference> in = Prepare(request->model(), request->input());
   if (!in.ok()) return finish_now(ToGrpcStatus(in.status()));
-  if (metrics_ != nullptr) metrics_->RecordRows(in->model_name, in->served.version, in->x.rows());
-  // The call owns what the batch needs: the model version and the view of
+  // The call owns what the work needs: the model version and the view of
   // the request (gRPC keeps the request until the call is done).
   auto prepared = std::make_shared<Inference>(*std::move(in));
+  if (batcher_ == nullptr || !batcher_->Merges(prepared->model_name, prepared->x.rows())) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    RunOffCallbackThread([this, reactor, context, prepared, op, request, response, fill] {
+      RowMatrix out;
+      absl::Status s = Compute(prepared->model_name, prepared->served, op, prepared->x,
+                               InfoOf(context), &out);
+      if (s.ok()) fill(*request, *prepared, out, response);
+      reactor->Finish(ToGrpcStatus(s));
+    });
+    return reactor;
+  }
+  if (metrics_ != nullptr) {
+    metrics_->RecordRows(prepared->model_name, prepared->served.version, prepared->x.rows());
+  }
   auto* call = new BatchedCall(batcher_, context,
                                [prepared, request, response, fill](const RowMatrix& out) {
                                  fill(*request, *prepared, out, response);
@@ -605,17 +629,13 @@ grpc::ServerUnaryReactor* SaeService::StartInference(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* SaeService::Encode(grpc::CallbackServerContext* context,
                                              const v1::EncodeRequest* request,
                                              v1::EncodeResponse* response) {
-  if (request->sparse() || request->top_n() < 0) {
-    // Sparse codes are not batched: validated and computed on this thread.
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    grpc::Status status = Authorize(context, "Encode");
-    if (status.ok()) status = ToGrpcStatus(CheckContext(context));
-    if (status.ok()) status = ToGrpcStatus(DoEncode(*request, response, InfoOf(context)));
-    reactor->Finish(status);
-    return reactor;
-  }
-  return StartInference(context, "Encode", BatchOp::kEncode, request, response, &FillEncode,
-                        [&](const CallInfo& call) { return DoEncode(*request, response, call); });
+  // Sparse codes are not batched (nor is a request DoEncode will refuse).
+  const bool batchable = !request->sparse() && request->top_n() >= 0;
+  return StartInference(context, "Encode", BatchOp::kEncode, batchable, request, response,
+                        &FillEncode,
+                        [this, request, response](const CallInfo& call) {
+                          return DoEncode(*request, response, call);
+                        });
 }
 
 grpc::Status SaeService::Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
@@ -628,8 +648,9 @@ grpc::Status SaeService::Decode(grpc::ServerContext* context, const v1::DecodeRe
 grpc::ServerUnaryReactor* SaeService::Reconstruct(grpc::CallbackServerContext* context,
                                                   const v1::ReconstructRequest* request,
                                                   v1::ReconstructResponse* response) {
-  return StartInference(context, "Reconstruct", BatchOp::kReconstruct, request, response,
-                        &FillReconstruct, [&](const CallInfo& call) {
+  return StartInference(context, "Reconstruct", BatchOp::kReconstruct, /*batchable=*/true,
+                        request, response,
+                        &FillReconstruct, [this, request, response](const CallInfo& call) {
                           return DoReconstruct(*request, response, call);
                         });
 }
@@ -637,8 +658,11 @@ grpc::ServerUnaryReactor* SaeService::Reconstruct(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* SaeService::Denoise(grpc::CallbackServerContext* context,
                                               const v1::DenoiseRequest* request,
                                               v1::DenoiseResponse* response) {
-  return StartInference(context, "Denoise", BatchOp::kDenoise, request, response, &FillDenoise,
-                        [&](const CallInfo& call) { return DoDenoise(*request, response, call); });
+  return StartInference(context, "Denoise", BatchOp::kDenoise, /*batchable=*/true, request,
+                        response, &FillDenoise,
+                        [this, request, response](const CallInfo& call) {
+                          return DoDenoise(*request, response, call);
+                        });
 }
 
 namespace {

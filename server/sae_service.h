@@ -12,6 +12,7 @@
 #include "sae/v1/sae.grpc.pb.h"
 #include "server/auth.h"
 #include "server/batcher.h"
+#include "server/compute_pool.h"
 #include "server/dataset_store.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
@@ -42,11 +43,12 @@ using SaeServiceBase = v1::SparseAutoencoderService::WithCallbackMethod_Encode<
 class SaeService final : public SaeServiceBase {
  public:
   // Every pointer must outlive the service.
-  // `batcher` may be null (no batching), `metrics` too (none recorded), and
-  // `auth` too (every caller may call everything).
+  // `batcher` may be null (no batching), `metrics` too (none recorded),
+  // `auth` too (every caller may call everything), and `pool` too (work
+  // that is not merged then runs on gRPC's callback thread).
   SaeService(ModelStore* store, ModelRegistry* registry, TrainingJobManager* jobs,
              DatasetStore* datasets, Batcher* batcher, Metrics* metrics,
-             const TokenAuthenticator* auth, ServiceLimits limits);
+             const TokenAuthenticator* auth, ServiceLimits limits, ComputePool* pool = nullptr);
 
   grpc::Status Train(grpc::ServerContext*, const v1::TrainRequest*, v1::TrainResponse*) override;
   grpc::Status GetTrainingJob(grpc::ServerContext*, const v1::GetTrainingJobRequest*,
@@ -116,6 +118,10 @@ class SaeService final : public SaeServiceBase {
   Metrics* const metrics_;
   const TokenAuthenticator* const auth_;
   const ServiceLimits limits_;
+  ComputePool* const pool_;
+
+  // Runs `fn` on the compute pool, or here when there is none.
+  void RunOffCallbackThread(std::function<void()> fn);
 
   // Every handler's first step: OK, UNAUTHENTICATED or PERMISSION_DENIED
   // for calling `method` with the call's bearer token.
@@ -139,12 +145,14 @@ class SaeService final : public SaeServiceBase {
   static absl::Status EncodeSparse(const v1::EncodeRequest& request, const Inference& in,
                                    v1::EncodeResponse* response);
   // A callback-API unary inference call: authorized, validated, then queued
-  // for its batch; `sync` serves it on this thread when there is no batcher.
+  // for its batch; a call that is not merged (not `batchable`, too many
+  // rows, batching off) is computed on the compute pool, through `sync` when
+  // it is not `batchable`.
   template <typename Request, typename Response, typename FillFn, typename SyncFn>
   grpc::ServerUnaryReactor* StartInference(grpc::CallbackServerContext* context,
-                                           absl::string_view method, BatchOp op,
-                                           const Request* request, Response* response, FillFn fill,
-                                           SyncFn sync);
+                                           absl::string_view method, BatchOp op, bool batchable,
+                                           const Request* request, Response* response,
+                                           FillFn fill, SyncFn sync);
 
   // Runs `op` through the batcher when there is one, directly otherwise.
   absl::Status Compute(const std::string& model_name, const ServedModel& served, BatchOp op,

@@ -10,6 +10,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "server/auth.h"
 #include "server/batcher.h"
+#include "server/compute_pool.h"
 #include "server/dataset_store.h"
 #include "server/log.h"
 #include "server/metrics.h"
@@ -78,6 +79,7 @@ struct Server::Impl {
   std::unique_ptr<ModelRegistry> registry;
   std::unique_ptr<TrainingJobManager> jobs;
   std::unique_ptr<Batcher> batcher;
+  std::unique_ptr<ComputePool> compute_pool;
   std::unique_ptr<SaeService> service;
   std::unique_ptr<grpc::Server> grpc_server;
   std::unique_ptr<grpc::Server> health_server;  // --health_listen
@@ -175,9 +177,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     impl->batcher->set_observer(
         [metrics](int64_t rows, double queue_us) { metrics->RecordBatch(rows, queue_us * 1e-6); });
   }
+  // Enough threads that a small call rarely waits behind large ones for a
+  // thread; the cores are shared by the kernel's scheduler.
+  impl->compute_pool = std::make_unique<ComputePool>(std::max(8, 4 * BlasThreads()));
   impl->service = std::make_unique<SaeService>(
       impl->store.get(), impl->registry.get(), impl->jobs.get(), impl->datasets.get(),
-      impl->batcher.get(), metrics, impl->auth.get(), ServiceLimits{options.max_rows_per_request, 1 << 20, options.accept_training});
+      impl->batcher.get(), metrics, impl->auth.get(),
+      ServiceLimits{options.max_rows_per_request, 1 << 20, options.accept_training},
+      impl->compute_pool.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
