@@ -100,7 +100,7 @@ Batcher::Ticket Batcher::Submit(const std::string& model_name,
         absl::StrCat("input has ", x.cols(), " columns, the model expects ", model->d_in())));
     return {};
   }
-  if (!options.enabled || x.rows() >= options.max_batch_rows) {
+  if (!Merges(model_name, x.rows())) {
     absl::Status admitted;
     {
       absl::MutexLock lock(&mu_);
@@ -167,19 +167,14 @@ bool Batcher::Cancel(const Ticket& ticket) {
   if (ticket.queue == nullptr) return false;
   std::unique_ptr<Item> taken_back;  // destroyed (with its done) outside the lock
   absl::MutexLock lock(&mu_);
-  // Queues live as long as the batcher, so the pointer is valid; find the
-  // one it names among them rather than trusting it blindly.
-  for (auto& [key, q] : queues_) {
-    if (q.get() != ticket.queue) continue;
-    for (auto it = q->items.begin(); it != q->items.end(); ++it) {
-      if ((*it)->id != ticket.id) continue;
-      q->rows -= (*it)->x.rows();
-      taken_back = std::move(*it);
-      q->items.erase(it);
-      if (q->items.empty() && !q->leader_active) q->model.reset();
-      return true;
-    }
-    return false;
+  Queue* q = ticket.queue;
+  for (auto it = q->items.begin(); it != q->items.end(); ++it) {
+    if ((*it)->id != ticket.id) continue;
+    q->rows -= (*it)->x.rows();
+    taken_back = std::move(*it);
+    q->items.erase(it);
+    if (q->items.empty() && !q->leader_active) q->model.reset();
+    return true;
   }
   return false;
 }

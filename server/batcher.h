@@ -71,10 +71,11 @@ class Batcher {
 
   // Receives a call's outcome, exactly once, after *out is filled.
   using Done = std::function<void(absl::Status)>;
+  struct Queue;
   // Identifies a queued call, for Cancel. Empty when there is nothing left
   // to cancel (the call completed inside Submit).
   struct Ticket {
-    const void* queue = nullptr;
+    Queue* queue = nullptr;  // queues live as long as the batcher
     uint64_t id = 0;
   };
 
@@ -113,7 +114,6 @@ class Batcher {
 
  private:
   struct Item;
-  struct Queue;
   const BatchingOptions& OptionsFor(const std::string& model_name) const;
   // Runs batches until `q` is empty; called and returns with mu_ held.
   void Lead(Queue* q, const BatchingOptions& options) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
