@@ -464,19 +464,22 @@ absl::Status SaeService::EncodeSparse(const v1::EncodeRequest& request, const In
   return absl::OkStatus();
 }
 
+template <typename Request, typename Response, typename FillFn>
+absl::Status SaeService::Serve(const Request& request, const Inference& in, BatchOp op,
+                               FillFn fill, const CallInfo& call, Response* response) {
+  RowMatrix out;
+  if (absl::Status s = Compute(in.model_name, in.served, op, in.x, call, &out); !s.ok()) return s;
+  fill(request, in, out, response);
+  return absl::OkStatus();
+}
+
 absl::Status SaeService::DoEncode(const v1::EncodeRequest& request, v1::EncodeResponse* response,
                                   const CallInfo& call) {
   if (request.top_n() < 0) return Invalid("top_n", "must be >= 0");
   absl::StatusOr<Inference> in = Prepare(request.model(), request.input());
   if (!in.ok()) return in.status();
   if (request.sparse()) return EncodeSparse(request, *in, response);
-  RowMatrix codes;
-  if (absl::Status s = Compute(in->model_name, in->served, BatchOp::kEncode, in->x, call, &codes);
-      !s.ok()) {
-    return s;
-  }
-  FillEncode(request, *in, codes, response);
-  return absl::OkStatus();
+  return Serve(request, *in, BatchOp::kEncode, &FillEncode, call, response);
 }
 
 absl::Status SaeService::DoDecode(const v1::DecodeRequest& request, v1::DecodeResponse* response) {
@@ -498,26 +501,14 @@ absl::Status SaeService::DoReconstruct(const v1::ReconstructRequest& request,
                                        v1::ReconstructResponse* response, const CallInfo& call) {
   absl::StatusOr<Inference> in = Prepare(request.model(), request.input());
   if (!in.ok()) return in.status();
-  RowMatrix out;
-  if (absl::Status s = Compute(in->model_name, in->served, BatchOp::kReconstruct, in->x, call, &out);
-      !s.ok()) {
-    return s;
-  }
-  FillReconstruct(request, *in, out, response);
-  return absl::OkStatus();
+  return Serve(request, *in, BatchOp::kReconstruct, &FillReconstruct, call, response);
 }
 
 absl::Status SaeService::DoDenoise(const v1::DenoiseRequest& request, v1::DenoiseResponse* response,
                                    const CallInfo& call) {
   absl::StatusOr<Inference> in = Prepare(request.model(), request.input());
   if (!in.ok()) return in.status();
-  RowMatrix out;
-  if (absl::Status s = Compute(in->model_name, in->served, BatchOp::kDenoise, in->x, call, &out);
-      !s.ok()) {
-    return s;
-  }
-  FillDenoise(request, *in, out, response);
-  return absl::OkStatus();
+  return Serve(request, *in, BatchOp::kDenoise, &FillDenoise, call, response);
 }
 
 namespace {
@@ -607,11 +598,8 @@ grpc::ServerUnaryReactor* SaeService::StartInference(grpc::CallbackServerContext
   if (batcher_ == nullptr || !batcher_->Merges(prepared->model_name, prepared->x.rows())) {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     RunOffCallbackThread([this, reactor, context, prepared, op, request, response, fill] {
-      RowMatrix out;
-      absl::Status s = Compute(prepared->model_name, prepared->served, op, prepared->x,
-                               InfoOf(context), &out);
-      if (s.ok()) fill(*request, *prepared, out, response);
-      reactor->Finish(ToGrpcStatus(s));
+      reactor->Finish(
+          ToGrpcStatus(Serve(*request, *prepared, op, fill, InfoOf(context), response)));
     });
     return reactor;
   }

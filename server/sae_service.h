@@ -144,6 +144,11 @@ class SaeService final : public SaeServiceBase {
                           const RowMatrix& out, v1::DenoiseResponse* response);
   static absl::Status EncodeSparse(const v1::EncodeRequest& request, const Inference& in,
                                    v1::EncodeResponse* response);
+  // Computes `op` for a prepared request (through the batcher when there is
+  // one) and fills the response with `fill`.
+  template <typename Request, typename Response, typename FillFn>
+  absl::Status Serve(const Request& request, const Inference& in, BatchOp op, FillFn fill,
+                     const CallInfo& call, Response* response);
   // A callback-API unary inference call: authorized, validated, then queued
   // for its batch; a call that is not merged (not `batchable`, too many
   // rows, batching off) is computed on the compute pool, through `sync` when
