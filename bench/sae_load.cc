@@ -43,8 +43,8 @@
 #include "absl/strings/str_split.h"
 #include "core/blas.h"
 #include "core/file_util.h"
-#include "core/parallel.h"
 #include "core/model_store.h"
+#include "core/parallel.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "sae/v1/sae.grpc.pb.h"
@@ -55,7 +55,8 @@ ABSL_FLAG(std::string, target, "", "host:port of a running server (empty: start 
 ABSL_FLAG(std::string, target_unbatched, "",
           "with --target: a server without batching, for batching_gain_c32");
 ABSL_FLAG(std::string, model, "load-test", "model to call (published automatically in-process)");
-ABSL_FLAG(std::string, rpc, "encode", "encode, reconstruct or denoise");
+ABSL_FLAG(std::string, rpc, "encode",
+          "encode, reconstruct, denoise, or health (the bare RPC at every level)");
 ABSL_FLAG(int64_t, rows, 1, "rows per call");
 ABSL_FLAG(std::string, concurrency, "1,2,4,8,16,32", "client concurrency levels to sweep");
 ABSL_FLAG(double, seconds, 3.0, "measured seconds per level (after 0.5 s of warm-up)");
@@ -127,9 +128,7 @@ class Load {
   // server for the cores).
   LevelResult Run(int concurrency, double seconds, bool health = false) {
     struct Client {
-      Load* load;
       int index;
-      bool health;
       std::unique_ptr<grpc::ClientContext> ctx;
       grpc::health::v1::HealthCheckResponse health_out;
       v1::EncodeResponse encode_out;
@@ -139,9 +138,10 @@ class Load {
       std::vector<double> latencies;
       std::map<std::string, int64_t> errors;
     };
+    const bool call_health = health || rpc_ == "health";
     std::atomic<bool> measuring{false}, stop{false};
-    std::atomic<int> in_flight{0};
     std::mutex mu;
+    int in_flight = concurrency;  // guarded by mu once the calls run
     std::condition_variable drained;
     std::vector<Client> clients(concurrency);
     std::function<void(Client*)> issue;
@@ -167,7 +167,7 @@ class Load {
       c->start = Clock::now();
       const size_t i = static_cast<size_t>(c->index);
       auto callback = [&done, c](grpc::Status s) { done(c, s); };
-      if (c->health || rpc_ == "health") {
+      if (call_health) {
         health_[i % health_.size()]->async()->Check(c->ctx.get(), &health_request_,
                                                     &c->health_out, callback);
       } else if (rpc_ == "reconstruct") {
@@ -181,11 +181,8 @@ class Load {
                                                    callback);
       }
     };
-    in_flight = concurrency;
     for (int t = 0; t < concurrency; ++t) {
-      clients[t].load = this;
       clients[t].index = t;
-      clients[t].health = health;
       issue(&clients[t]);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(500));  // warm-up
@@ -207,7 +204,7 @@ class Load {
       for (const auto& [k, v] : c.errors) r.errors[k] += v;
     }
     r.calls_per_s = static_cast<double>(all.size()) / elapsed;
-    r.rows_per_s = r.calls_per_s * (health ? 0 : static_cast<double>(rows_));
+    r.rows_per_s = r.calls_per_s * (call_health ? 0 : static_cast<double>(rows_));
     r.p50 = Percentile(all, 0.5);
     r.p90 = Percentile(all, 0.9);
     r.p99 = Percentile(all, 0.99);
@@ -288,7 +285,7 @@ int main(int argc, char** argv) {
   const std::string model = absl::GetFlag(FLAGS_model);
   const std::string rpc = absl::GetFlag(FLAGS_rpc);
   if (rpc != "encode" && rpc != "reconstruct" && rpc != "denoise" && rpc != "health") {
-    std::fprintf(stderr, "sae_load: --rpc must be encode, reconstruct or denoise\n");
+    std::fprintf(stderr, "sae_load: --rpc must be encode, reconstruct, denoise or health\n");
     return 2;
   }
   std::vector<int> levels;
