@@ -10,7 +10,10 @@
 #endif
 
 namespace sae::openblas {
+namespace {
 
+// The kernel set this CPU's features call for ("SkylakeX" for AVX-512,
+// "Haswell" or "Zen" for AVX2 + FMA), or "" to leave the choice to OpenBLAS.
 std::string KernelsForThisCpu() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -22,8 +25,6 @@ std::string KernelsForThisCpu() {
   }
   return "";
 }
-
-namespace {
 
 [[noreturn]] void Fail(const char* what) {
   std::fprintf(stderr, "sae: cannot use OpenBLAS (%s): %s; install Debian's libopenblas0\n",

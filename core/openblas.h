@@ -32,10 +32,6 @@ struct Api {
 // it cannot be loaded (an installation error: see scripts/setup.sh).
 const Api& Get();
 
-// The kernel set this CPU's features call for ("SkylakeX" for AVX-512,
-// "Haswell" or "Zen" for AVX2 + FMA), or "" to leave the choice to OpenBLAS.
-std::string KernelsForThisCpu();
-
 }  // namespace sae::openblas
 
 #endif  // SAE_CORE_OPENBLAS_H_

@@ -88,6 +88,7 @@ class Pool {
 
 thread_local bool t_background = false;
 constexpr int kBackgroundNice = 10;
+std::atomic<int> g_background_threads{0};  // 0: the default
 
 }  // namespace
 
@@ -101,10 +102,6 @@ bool MakeCurrentThreadBackground() {
 }
 
 bool IsBackgroundThread() { return t_background; }
-
-namespace {
-std::atomic<int> g_background_threads{0};  // 0: the default
-}  // namespace
 
 void SetBackgroundThreads(int num_threads) { g_background_threads = std::max(0, num_threads); }
 

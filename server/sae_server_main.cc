@@ -10,8 +10,8 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "core/blas.h"
-#include "core/parallel.h"
 #include "core/flag_util.h"
+#include "core/parallel.h"
 #include "server/log.h"
 #include "server/server.h"
 
