@@ -56,11 +56,8 @@ class BatchingRpcTest : public ::testing::Test {
     auto server = Server::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(*server);
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(256 << 20);
-    args.SetMaxSendMessageSize(256 << 20);
-    stub_ = v1::SparseAutoencoderService::NewStub(grpc::CreateCustomChannel(
-        absl::StrCat("127.0.0.1:", server_->port()), grpc::InsecureChannelCredentials(), args));
+    stub_ =
+        v1::SparseAutoencoderService::NewStub(testing::LocalChannel(server_->port(), 256 << 20));
   }
   void TearDown() override {
     server_.reset();

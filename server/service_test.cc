@@ -48,11 +48,7 @@ class ServiceTest : public ::testing::Test {
     auto server = Server::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(*server);
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(64 << 20);
-    args.SetMaxSendMessageSize(64 << 20);
-    channel_ = grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", server_->port()),
-                                         grpc::InsecureChannelCredentials(), args);
+    channel_ = testing::LocalChannel(server_->port(), 64 << 20);
     stub_ = SparseAutoencoderService::NewStub(channel_);
   }
   void TearDown() override {

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/tensor.h"
+#include "grpcpp/grpcpp.h"
 #include "sae/v1/sae.pb.h"
 
 namespace sae::server::testing {
@@ -29,6 +31,16 @@ inline RowMatrix RandomMatrix(int64_t rows, int64_t cols, uint64_t seed) {
   RowMatrix m(rows, cols);
   for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = u(rng);
   return m;
+}
+
+// A plaintext channel to a server on this machine, for messages up to
+// `max_message_bytes` each way.
+inline std::shared_ptr<grpc::Channel> LocalChannel(int port, int max_message_bytes) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(max_message_bytes);
+  args.SetMaxSendMessageSize(max_message_bytes);
+  return grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", port),
+                                   grpc::InsecureChannelCredentials(), args);
 }
 
 // Fills a v1::Tensor with `m`, as packed floats or (raw) as little-endian bytes.
