@@ -280,6 +280,12 @@ TEST_F(ModelStoreTest, KillNineDuringPublishNeverLeavesHalfAVersion) {
     int out;
     const pid_t pid = Spawn({SAE_STORE_PUBLISHER, root_, "crash", "1000", std::to_string(round)}, &out);
     ASSERT_GT(pid, 0);
+    // Kill while it publishes, not while it starts up (which alone can take
+    // the whole delay under a sanitizer on a busy machine): wait for its
+    // first version, then a random part of the next few publishes.
+    char c = 0;
+    while (::read(out, &c, 1) == 1 && c != '\n') {
+    }
     std::this_thread::sleep_for(std::chrono::microseconds(delay_us(rng)));
     ::kill(pid, SIGKILL);
     int status;
