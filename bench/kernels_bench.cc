@@ -9,6 +9,7 @@
 #include "benchmark/benchmark.h"
 #include "core/activations.h"
 #include "core/blas.h"
+#include "core/packed_gemm.h"
 #include "core/objective.h"
 #include "core/optimizer.h"
 #include "core/parameters.h"
@@ -60,6 +61,56 @@ void BM_EncodeRows(benchmark::State& state) {
       static_cast<double>(rows), benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_EncodeRows)->RangeMultiplier(2)->Range(1, 256)->UseRealTime();
+
+// The same products through weights packed once (core/packed_gemm.h), as a
+// served model runs them.
+void BM_EncodeRowsPacked(benchmark::State& state) {
+  const int64_t rows = state.range(0);
+  const RowMatrix x = Random(rows, kIn);
+  const PackedMatrix w(Random(kIn, kHidden));
+  RowMatrix c = RowMatrix::Zero(rows, kHidden);
+  for (auto _ : state) {
+    MultiplyAddPacked(x, w, c);
+    benchmark::DoNotOptimize(c.data());
+  }
+  state.counters["rows_per_s"] = benchmark::Counter(
+      static_cast<double>(rows), benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(PackedKernelName());
+}
+BENCHMARK(BM_EncodeRowsPacked)->RangeMultiplier(2)->Range(1, 256)->UseRealTime();
+
+// Decoder products (codes [rows, 4096] through W_dec [4096, 784]) of codes
+// with a given percentage of nonzeros, in sgemm / sgemv (packed = false)
+// and on the packed weights, which skip a step when a whole block of rows
+// is zero there.
+void BM_DecodeRows(benchmark::State& state) {
+  const int64_t rows = state.range(0);
+  const bool packed = state.range(1) != 0;
+  const double density = static_cast<double>(state.range(2)) / 100.0;
+  RowMatrix codes = Random(rows, kHidden);
+  std::mt19937_64 rng(3);
+  std::bernoulli_distribution keep(density);
+  for (Eigen::Index i = 0; i < codes.size(); ++i) {
+    codes.data()[i] = keep(rng) ? std::abs(codes.data()[i]) : 0.0f;
+  }
+  const RowMatrix w = Random(kHidden, kIn);  // the model's w_dec layout
+  const PackedMatrix w_packed(w);
+  RowMatrix out = RowMatrix::Zero(rows, kIn);
+  for (auto _ : state) {
+    if (packed) {
+      MultiplyAddPacked(codes, w_packed, out);
+    } else {
+      Gemm(Transpose::kNo, Transpose::kNo, 1.0f, codes, w, 1.0f, out);
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["rows_per_s"] = benchmark::Counter(
+      static_cast<double>(rows), benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_DecodeRows)
+    ->ArgNames({"rows", "packed", "density_pct"})
+    ->ArgsProduct({{1, 8, 32, 128}, {0, 1}, {2, 50}})
+    ->UseRealTime();
 BENCHMARK_CAPTURE(BM_Gemm, square_2048, Transpose::kNo, Transpose::kNo, 2048, 2048, 2048)->UseRealTime();
 
 void BM_SelectTopK(benchmark::State& state) {

@@ -1,21 +1,15 @@
 #include "core/blas.h"
 
 #include <cstdlib>
-#include <random>
 
 #include "absl/strings/match.h"
+#include "core/testing/random_matrix.h"
 #include "gtest/gtest.h"
 
 namespace sae {
 namespace {
 
-RowMatrix Random(int64_t rows, int64_t cols, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> n;
-  RowMatrix m(rows, cols);
-  for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = n(rng);
-  return m;
-}
+using ::sae::testing::RandomNormal;
 
 // OpenBLAS runs the kernels chosen for this CPU (core/openblas.h), not its
 // generic fallback: the variable that names them is set (by the user or at
@@ -35,11 +29,11 @@ TEST(BlasTest, GemmMatchesEigenForEveryShapeAndTranspose) {
            {2, 4096, 784}, {24, 1100, 33}, {8, 1024, 5}, {25, 2048, 16}}) {
     for (Transpose ta : {Transpose::kNo, Transpose::kYes}) {
       for (Transpose tb : {Transpose::kNo, Transpose::kYes}) {
-        const RowMatrix a = ta == Transpose::kNo ? Random(m, k, 1) : Random(k, m, 1);
-        const RowMatrix b = tb == Transpose::kNo ? Random(k, n, 2) : Random(n, k, 2);
+        const RowMatrix a = ta == Transpose::kNo ? RandomNormal(m, k, 1) : RandomNormal(k, m, 1);
+        const RowMatrix b = tb == Transpose::kNo ? RandomNormal(k, n, 2) : RandomNormal(n, k, 2);
         const RowMatrix opa = ta == Transpose::kNo ? a : RowMatrix(a.transpose());
         const RowMatrix opb = tb == Transpose::kNo ? b : RowMatrix(b.transpose());
-        RowMatrix c = Random(m, n, 3);
+        RowMatrix c = RandomNormal(m, n, 3);
         const RowMatrix want = 0.5f * opa * opb + 2.0f * c;
         Gemm(ta, tb, 0.5f, a, b, 2.0f, c);
         const float tol = 1e-4f * (1.0f + static_cast<float>(k));
@@ -52,8 +46,8 @@ TEST(BlasTest, GemmMatchesEigenForEveryShapeAndTranspose) {
 }
 
 TEST(BlasTest, StridedViews) {
-  const RowMatrix big = Random(10, 20, 4);
-  const RowMatrix w = Random(8, 5, 5);
+  const RowMatrix big = RandomNormal(10, 20, 4);
+  const RowMatrix w = RandomNormal(8, 5, 5);
   RowMatrix out = RowMatrix::Zero(10, 12);
   // A = big[:, 2:10] (outer stride 20), C = out[:, 3:8] (outer stride 12).
   Gemm(Transpose::kNo, Transpose::kNo, 1.0f, big.middleCols(2, 8), w, 0.0f, out.middleCols(3, 5));

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -22,6 +23,8 @@
 #include "core/tensor.h"
 
 namespace sae {
+
+class PackedMatrix;
 
 struct ModelWeights {
   RowMatrix w_enc;  // [d_in, d_hidden]
@@ -48,6 +51,7 @@ class Model {
   // and holds only finite values. INVALID_ARGUMENT otherwise.
   static absl::StatusOr<std::shared_ptr<const Model>> Create(
       ModelConfig config, ModelWeights weights);
+  ~Model();
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
@@ -87,8 +91,21 @@ class Model {
   // Turns pre-activations into codes in place.
   void ApplyDenseActivation(MatrixRef pre) const;
 
+  // A weight matrix packed for products of few rows (core/packed_gemm.h),
+  // made on its first such product and kept: a served model holds its
+  // weights twice.
+  struct LazyPacked {
+    std::once_flag once;
+    std::unique_ptr<const PackedMatrix> packed;
+  };
+  // out += a w, for w = weights_.w_enc with packed_enc_ or weights_.w_dec
+  // with packed_dec_: on the packed copy for few rows, on sgemm beyond.
+  void MultiplyAddWeights(ConstMatrixRef a, const RowMatrix& w, LazyPacked& lazy,
+                          MatrixRef out) const;
+
   const ModelConfig config_;
   const ModelWeights weights_;
+  mutable LazyPacked packed_enc_, packed_dec_;
 };
 
 // Fresh weights for `config`: W_enc uniform in +-1/sqrt(d_in) (Kaiming-style)

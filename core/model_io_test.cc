@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/file_util.h"
 #include "core/safetensors.h"
+#include "core/testing/random_matrix.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
@@ -39,13 +40,7 @@ std::shared_ptr<const Model> RandomModel(ModelConfig c, uint64_t seed) {
   return *Model::Create(c, std::move(w));
 }
 
-RowMatrix Inputs(int64_t rows, int64_t cols) {
-  std::mt19937_64 rng(99);
-  std::normal_distribution<float> n;
-  RowMatrix x(rows, cols);
-  for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = n(rng);
-  return x;
-}
+RowMatrix Inputs(int64_t rows, int64_t cols) { return testing::RandomNormal(rows, cols, 99); }
 
 void ExpectSameWeights(const Model& a, const Model& b) {
   EXPECT_EQ(a.weights().w_enc, b.weights().w_enc);

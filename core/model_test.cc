@@ -1,26 +1,20 @@
 #include "core/model.h"
 
-#include <random>
 #include <thread>
 #include <vector>
 
+#include "core/testing/random_matrix.h"
 #include "gtest/gtest.h"
 
 namespace sae {
 namespace {
 
-RowMatrix Random(int64_t rows, int64_t cols, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> n;
-  RowMatrix m(rows, cols);
-  for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = n(rng);
-  return m;
-}
+using ::sae::testing::RandomNormal;
 
 std::shared_ptr<const Model> MakeModel(ModelConfig c, uint64_t seed) {
   ModelWeights w = InitialWeights(c, seed);
-  w.b_enc = Random(c.d_hidden, 1, seed + 1).col(0) * 0.1f;
-  w.b_dec = Random(c.d_in, 1, seed + 2).col(0) * 0.1f;
+  w.b_enc = RandomNormal(c.d_hidden, 1, seed + 1).col(0) * 0.1f;
+  w.b_dec = RandomNormal(c.d_in, 1, seed + 2).col(0) * 0.1f;
   absl::StatusOr<std::shared_ptr<const Model>> m = Model::Create(c, std::move(w));
   EXPECT_TRUE(m.ok()) << m.status();
   return *m;
@@ -38,7 +32,7 @@ TEST(ModelTest, ReluEncodeAndReconstructMatchTheFormula) {
   ModelConfig c = DefaultConfig(12, 40, Activation::kRelu);
   c.input_scale = 0.5f;
   auto model = MakeModel(c, 1);
-  const RowMatrix x = Random(300, 12, 3);  // more than one internal chunk
+  const RowMatrix x = RandomNormal(300, 12, 3);  // more than one internal chunk
   absl::StatusOr<RowMatrix> codes = model->Encode(x);
   ASSERT_TRUE(codes.ok());
   const RowMatrix want = ReferenceCodes(*model, x);
@@ -56,7 +50,7 @@ TEST(ModelTest, TopKSparseReconstructEqualsDenseDecode) {
   ModelConfig c = DefaultConfig(16, 64, Activation::kTopK);
   c.k = 5;
   auto model = MakeModel(c, 2);
-  const RowMatrix x = Random(40, 16, 4);
+  const RowMatrix x = RandomNormal(40, 16, 4);
   absl::StatusOr<RowMatrix> codes = model->Encode(x);
   ASSERT_TRUE(codes.ok());
   for (Eigen::Index r = 0; r < codes->rows(); ++r) {
@@ -71,7 +65,7 @@ TEST(ModelTest, TopKSparseReconstructEqualsDenseDecode) {
 TEST(ModelTest, EncodeSparseListsNonzerosAndHonoursMaxPerRow) {
   ModelConfig c = DefaultConfig(10, 30, Activation::kRelu);
   auto model = MakeModel(c, 3);
-  const RowMatrix x = Random(7, 10, 5);
+  const RowMatrix x = RandomNormal(7, 10, 5);
   const RowMatrix dense = *model->Encode(x);
   absl::StatusOr<SparseCodes> all = model->EncodeSparse(x);
   ASSERT_TRUE(all.ok());
@@ -95,7 +89,7 @@ TEST(ModelTest, DenoiseClipsWhenAsked) {
   ModelConfig c = DefaultConfig(8, 16, Activation::kRelu);
   c.clip_output = true;
   auto model = MakeModel(c, 4);
-  const RowMatrix x = Random(20, 8, 6) * 5;
+  const RowMatrix x = RandomNormal(20, 8, 6) * 5;
   absl::StatusOr<RowMatrix> out = model->Denoise(x);
   ASSERT_TRUE(out.ok());
   EXPECT_GE(out->minCoeff(), 0.0f);
@@ -104,7 +98,7 @@ TEST(ModelTest, DenoiseClipsWhenAsked) {
 
 TEST(ModelTest, WrongWidthIsInvalidArgument) {
   auto model = MakeModel(DefaultConfig(8, 16, Activation::kRelu), 5);
-  const RowMatrix x = Random(2, 9, 1);
+  const RowMatrix x = RandomNormal(2, 9, 1);
   EXPECT_EQ(model->Encode(x).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(model->Reconstruct(x).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(model->Decode(x).status().code(), absl::StatusCode::kInvalidArgument);
@@ -159,7 +153,7 @@ TEST(ModelTest, ConcurrentCallsAgreeWithASerialCall) {
   ModelConfig c = DefaultConfig(64, 256, Activation::kTopK);
   c.k = 8;
   auto model = MakeModel(c, 8);
-  const RowMatrix x = Random(100, 64, 9);
+  const RowMatrix x = RandomNormal(100, 64, 9);
   const RowMatrix want = *model->Reconstruct(x);
   std::vector<std::thread> threads;
   std::vector<int> ok(8, 0);
