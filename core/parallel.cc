@@ -87,6 +87,7 @@ class Pool {
 };
 
 thread_local bool t_background = false;
+thread_local int t_serial_depth = 0;
 constexpr int kBackgroundNice = 10;
 std::atomic<int> g_background_threads{0};  // 0: the default
 
@@ -110,7 +111,13 @@ int BackgroundThreads() {
   return set > 0 ? set : std::max(1, BlasThreads() - 1);
 }
 
-int Parallelism() { return t_background ? BackgroundThreads() : std::max(1, BlasThreads()); }
+ScopedSerial::ScopedSerial() { ++t_serial_depth; }
+ScopedSerial::~ScopedSerial() { --t_serial_depth; }
+
+int Parallelism() {
+  if (t_serial_depth > 0) return 1;
+  return t_background ? BackgroundThreads() : std::max(1, BlasThreads());
+}
 
 void ParallelFor(int64_t n, int64_t min_per_chunk,
                  const std::function<void(int, int64_t, int64_t)>& fn) {

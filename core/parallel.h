@@ -40,6 +40,18 @@ int BackgroundThreads();
 bool MakeCurrentThreadBackground();
 bool IsBackgroundThread();
 
+// While one exists, ParallelFor calls on the thread that made it run on that
+// thread alone (Parallelism() is 1 there). For work done on behalf of many
+// requests at once, when the other cores are better left to those requests'
+// RPC work. Nests.
+class ScopedSerial {
+ public:
+  ScopedSerial();
+  ~ScopedSerial();
+  ScopedSerial(const ScopedSerial&) = delete;
+  ScopedSerial& operator=(const ScopedSerial&) = delete;
+};
+
 // Calls fn(chunk, begin, end) for each chunk of [0, n); chunks below
 // `min_per_chunk` items are merged so small loops stay on one thread.
 // Thread-safe: while one call holds the pool, other calls (from other

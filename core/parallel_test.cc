@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 
 #include <atomic>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -27,6 +28,34 @@ TEST(ParallelTest, ChunksCoverTheRangeOnceInOrder) {
     for (int64_t i = begin; i < end; ++i) ++hits[i];
   });
   for (int h : hits) EXPECT_EQ(h, 1);
+}
+
+// Inside a ScopedSerial (and nested ones) every chunk runs on the calling
+// thread, as one chunk; outside, a large loop is split over the pool again.
+TEST(ParallelTest, ScopedSerialKeepsChunksOnTheCallingThread) {
+  const int threads_before = BlasThreads();
+  SetBlasThreads(2);
+  const auto chunk_threads = [] {
+    std::vector<std::thread::id> ids;
+    std::mutex mu;
+    ParallelFor(1000, 1, [&](int, int64_t, int64_t) {
+      std::lock_guard<std::mutex> lock(mu);
+      ids.push_back(std::this_thread::get_id());
+    });
+    return ids;
+  };
+  {
+    ScopedSerial serial;
+    EXPECT_EQ(Parallelism(), 1);
+    {
+      ScopedSerial nested;
+      EXPECT_EQ(chunk_threads(), std::vector<std::thread::id>{std::this_thread::get_id()});
+    }
+    EXPECT_EQ(chunk_threads(), std::vector<std::thread::id>{std::this_thread::get_id()});
+  }
+  EXPECT_EQ(Parallelism(), 2);
+  EXPECT_EQ(chunk_threads().size(), 2u);
+  SetBlasThreads(threads_before);
 }
 
 TEST(ParallelTest, BackgroundThreadsAndTheirChunksRunAtLowPriority) {

@@ -15,9 +15,10 @@
 // A call's deadline and cancellation still hold in the queue: Run returns
 // DEADLINE_EXCEEDED or CANCELLED if its rows were not taken yet, Submit's
 // caller takes a call back with Cancel, and the leader drops calls whose
-// deadline passed. A full queue is RESOURCE_EXHAUSTED. Results equal
-// unbatched ones within float rounding (a batched product may sum in
-// another order than a one-row one).
+// deadline passed. A full queue is RESOURCE_EXHAUSTED. Results are bitwise
+// the unbatched ones for merged batches of up to 128 rows (the model's
+// packed kernel, core/packed_gemm.h, sums each row on its own); larger
+// batches run on sgemm and match within float rounding.
 //
 // Thread-safe.
 #ifndef SAE_SERVER_BATCHER_H_
