@@ -150,6 +150,7 @@ std::string JobJournal::PathOf(const std::string& id) const {
 
 absl::Status JobJournal::Write(const JobInfo& job) {
   if (!IsJobId(job.id)) return absl::InvalidArgumentError("not a job id: " + job.id);
+  if (before_write_) before_write_(job);
   return ReplaceFileAtomically(PathOf(job.id), JobRecordToJson(job));
 }
 

@@ -9,10 +9,12 @@
 // the folder, so two servers pointed at the same folder fail loudly instead
 // of marking each other's jobs interrupted.
 //
-// Thread-compatible: TrainingJobManager calls it under its own lock.
+// Thread-compatible: TrainingJobManager calls it under a lock of its own
+// (not the one its job RPCs take).
 #ifndef SAE_SERVER_JOB_JOURNAL_H_
 #define SAE_SERVER_JOB_JOURNAL_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -36,6 +38,12 @@ class JobJournal {
   // Removes the record of job `id`; OK when there is none.
   absl::Status Remove(const std::string& id);
 
+  // For tests: called with each record before it is written, on the
+  // writing thread. Set before the journal is in use.
+  void set_before_write_for_testing(std::function<void(const JobInfo&)> hook) {
+    before_write_ = std::move(hook);
+  }
+
   // The records found, ordered by id. A record that cannot be read or parsed
   // is skipped and described in *problems (the file is left for inspection).
   std::vector<JobInfo> ReadAll(std::vector<std::string>* problems) const;
@@ -46,6 +54,7 @@ class JobJournal {
 
   const std::string dir_;
   FileLock lock_;
+  std::function<void(const JobInfo&)> before_write_;
 };
 
 // The JSON form of a record (exposed for tests).

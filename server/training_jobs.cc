@@ -5,6 +5,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <ctime>
+#include <limits>
 #include <random>
 
 #include "absl/strings/escaping.h"
@@ -46,7 +47,28 @@ absl::Status ValidateJobId(const std::string& id) {
   return absl::OkStatus();
 }
 
+// journaled_revision_ of a job whose record was removed.
+constexpr int64_t kRemoved = std::numeric_limits<int64_t>::max();
+
 }  // namespace
+
+class ABSL_SCOPED_LOCKABLE TrainingJobManager::Lock {
+ public:
+  explicit Lock(TrainingJobManager* m) ABSL_EXCLUSIVE_LOCK_FUNCTION(m->mu_) : m_(m) {
+    m_->mu_.Lock();
+  }
+  ~Lock() ABSL_UNLOCK_FUNCTION() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    std::vector<JournalOp> ops;
+    ops.swap(m_->pending_journal_);
+    m_->mu_.Unlock();
+    m_->WriteJournal(ops).IgnoreError();  // logged
+  }
+  Lock(const Lock&) = delete;
+  Lock& operator=(const Lock&) = delete;
+
+ private:
+  TrainingJobManager* const m_;
+};
 
 void TrainingJobManager::SetStateLocked(Job* job, JobState state) {
   const JobState old = job->info.state;
@@ -60,18 +82,38 @@ void TrainingJobManager::SetStateLocked(Job* job, JobState state) {
 }
 
 void TrainingJobManager::JournalLocked(const Job& job) {
-  if (journal_ == nullptr) return;
-  if (absl::Status s = journal_->Write(job.info); !s.ok()) {
-    LogLine("job", absl::StrCat(job.info.id, ": cannot journal its state ",
-                                JobStateName(job.info.state), ": ", s.message()));
+  if (journal_ != nullptr) pending_journal_.push_back({job.info, false});
+}
+
+absl::Status TrainingJobManager::WriteJournal(const std::vector<JournalOp>& ops) {
+  if (journal_ == nullptr || ops.empty()) return absl::OkStatus();
+  absl::MutexLock lock(&journal_mu_);
+  absl::Status first;
+  for (const JournalOp& op : ops) {
+    const auto it = journaled_revision_.try_emplace(op.info.id, -1).first;
+    if (it->second == kRemoved) continue;
+    if (op.remove) {
+      journal_->Remove(op.info.id).IgnoreError();
+      it->second = kRemoved;
+      continue;
+    }
+    if (op.info.revision <= it->second) continue;  // a newer record is on disk
+    if (absl::Status s = journal_->Write(op.info); !s.ok()) {
+      LogLine("job", absl::StrCat(op.info.id, ": cannot journal its state ",
+                                  JobStateName(op.info.state), ": ", s.message()));
+      if (first.ok()) first = s;
+      continue;
+    }
+    it->second = op.info.revision;
   }
+  return first;
 }
 
 void TrainingJobManager::Recover() {
   std::vector<std::string> problems;
   std::vector<JobInfo> records = journal_->ReadAll(&problems);
   for (const std::string& p : problems) LogLine("job", "journal: skipped " + p);
-  absl::MutexLock lock(&mu_);
+  Lock lock(this);
   for (JobInfo& info : records) {
     int64_t number = 0;
     if (std::sscanf(info.id.c_str(), "job-%" SCNd64, &number) == 1) {
@@ -130,7 +172,7 @@ TrainingJobManager::TrainingJobManager(ModelStore* store, JobManagerOptions opti
 TrainingJobManager::~TrainingJobManager() { Shutdown(); }
 
 void TrainingJobManager::Update(Job* job, const std::function<void(JobInfo&)>& change) {
-  absl::MutexLock lock(&mu_);
+  Lock lock(this);
   const JobState old = job->info.state;
   change(job->info);
   const JobState now = job->info.state;
@@ -154,31 +196,25 @@ absl::StatusOr<JobInfo> TrainingJobManager::Submit(JobSpec spec) {
     return absl::InvalidArgumentError(absl::StrCat(
         "training data has ", spec.data->cols(), " columns, config.d_in is ", spec.config.d_in));
   }
-  absl::MutexLock lock(&mu_);
-  if (shutting_down_) return absl::UnavailableError("the server is shutting down");
-  if (!spec.request_id.empty()) {
-    if (auto it = by_request_id_.find(spec.request_id); it != by_request_id_.end()) {
-      return jobs_.at(it->second)->info;  // a retry: the same job
-    }
-  }
-  if (static_cast<int>(queue_.size()) >= options_.max_queued) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the training queue is full (", options_.max_queued,
-        " jobs waiting); retry later or cancel a job"));
-  }
   auto job = std::make_unique<Job>();
-  // A number that sorts as text (nine digits), and 32 random bits so that
-  // the ids of trainers with journals of their own practically never meet.
-  job->info.id = absl::StrFormat("job-%09d-%08x", next_id_++, std::random_device{}());
+  {
+    absl::MutexLock lock(&mu_);
+    absl::StatusOr<const JobInfo*> admission = AdmissionLocked(spec.request_id);
+    if (!admission.ok()) return admission.status();
+    if (*admission != nullptr) return **admission;  // a retry: the same job
+    // A number that sorts as text (nine digits), and 32 random bits so that
+    // the ids of trainers with journals of their own practically never meet.
+    job->info.id = absl::StrFormat("job-%09d-%08x", next_id_++, std::random_device{}());
+  }
   job->info.model_name = spec.model_name;
   job->info.created_at = Now();
   job->info.request_id = spec.request_id;
   job->info.progress.total_steps = 0;
   job->spec = std::move(spec);
   if (journal_ != nullptr) {
-    // A job is accepted only once its record is on disk.
-    if (absl::Status s = journal_->Write(job->info); !s.ok()) {
-      LogLine("job", absl::StrCat("cannot journal a new job: ", s.message()));
+    // A job is accepted only once its record is on disk. The write is made
+    // without mu_, so the admission is checked again below.
+    if (absl::Status s = WriteJournal({{job->info, false}}); !s.ok()) {
       // Not the file system's code: a caller would read PERMISSION_DENIED or
       // NOT_FOUND as being about its own request.
       return absl::IsResourceExhausted(s)
@@ -186,6 +222,15 @@ absl::StatusOr<JobInfo> TrainingJobManager::Submit(JobSpec spec) {
                  : absl::UnavailableError(
                        "the server cannot record the job in its journal; retry later");
     }
+  }
+  Lock lock(this);
+  if (absl::StatusOr<const JobInfo*> admission = AdmissionLocked(job->info.request_id);
+      !admission.ok() || *admission != nullptr) {
+    // Shut down, full, or a retry with the same request id was queued
+    // meanwhile: this job's record goes again.
+    if (journal_ != nullptr) pending_journal_.push_back({job->info, /*remove=*/true});
+    if (!admission.ok()) return admission.status();
+    return **admission;
   }
   Job* raw = job.get();
   if (!raw->info.request_id.empty()) by_request_id_[raw->info.request_id] = raw->info.id;
@@ -206,10 +251,26 @@ absl::StatusOr<JobInfo> TrainingJobManager::Submit(JobSpec spec) {
     }
     if (oldest == jobs_.end()) break;
     by_request_id_.erase(oldest->second->info.request_id);
-    if (journal_ != nullptr) journal_->Remove(oldest->first).IgnoreError();
+    if (journal_ != nullptr) pending_journal_.push_back({oldest->second->info, /*remove=*/true});
     jobs_.erase(oldest);
   }
   return raw->info;
+}
+
+absl::StatusOr<const JobInfo*> TrainingJobManager::AdmissionLocked(
+    const std::string& request_id) const {
+  if (shutting_down_) return absl::UnavailableError("the server is shutting down");
+  if (!request_id.empty()) {
+    if (auto it = by_request_id_.find(request_id); it != by_request_id_.end()) {
+      return &jobs_.at(it->second)->info;
+    }
+  }
+  if (static_cast<int>(queue_.size()) >= options_.max_queued) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the training queue is full (", options_.max_queued,
+        " jobs waiting); retry later or cancel a job"));
+  }
+  return nullptr;
 }
 
 absl::StatusOr<JobInfo> TrainingJobManager::Get(const std::string& id) const {
@@ -229,7 +290,7 @@ std::vector<JobInfo> TrainingJobManager::List() const {
 
 absl::StatusOr<JobInfo> TrainingJobManager::Cancel(const std::string& id) {
   if (absl::Status s = ValidateJobId(id); !s.ok()) return s;
-  absl::MutexLock lock(&mu_);
+  Lock lock(this);
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
   Job* job = it->second.get();
@@ -276,7 +337,7 @@ void TrainingJobManager::WorkerLoop() {
   while (true) {
     Job* job = nullptr;
     {
-      absl::MutexLock lock(&mu_);
+      Lock lock(this);
       const auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
         return shutting_down_ || !queue_.empty();
       };
@@ -372,7 +433,7 @@ void TrainingJobManager::RunJob(Job* job) {
 
 void TrainingJobManager::Shutdown() {
   {
-    absl::MutexLock lock(&mu_);
+    Lock lock(this);
     if (shutting_down_ && workers_.empty()) return;
     shutting_down_ = true;
     for (auto& [id, job] : jobs_) {

@@ -47,7 +47,11 @@ class TrainingJobManager {
   // With a `journal`, every change of a job's state is written to disk, and
   // the jobs a previous process left in the journal are taken over: those it
   // left queued or running (it was killed) become INTERRUPTED, or SUCCEEDED
-  // when the store holds the version they published before the kill.
+  // when the store holds the version they published before the kill. The
+  // writes (each with an fsync: milliseconds, more on network storage) are
+  // made outside the manager's lock, so that Get, List, watchers and the
+  // progress reports of running jobs do not wait for the disk; a new job's
+  // record is on disk before Submit returns it.
   TrainingJobManager(ModelStore* store, JobManagerOptions options,
                      std::unique_ptr<JobJournal> journal = nullptr);
   // Shuts down (see Shutdown) if not done yet.
@@ -90,10 +94,27 @@ class TrainingJobManager {
     std::atomic<bool> cancel{false};
     bool released = false;  // no worker touches it any more: may be forgotten
   };
+  // A journal write (or removal) decided under mu_ and made after it.
+  struct JournalOp {
+    JobInfo info;  // the record; for a removal only info.id counts
+    bool remove = false;
+  };
+  // Holds mu_, and when it releases mu_ makes the journal writes queued
+  // meanwhile. Every path that may change a job's state takes mu_ this way.
+  class ABSL_SCOPED_LOCKABLE Lock;
+
   // Moves a job to `state`, keeping the running count and observers current.
   void SetStateLocked(Job* job, JobState state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Writes the job's record to the journal (if any); failures are logged.
+  // Queues the job's record for the journal (if any).
   void JournalLocked(const Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Makes `ops` in order, never letting an older record of a job replace a
+  // newer one (threads release mu_ in any order) nor bringing back a removed
+  // one. Failures are logged; returns the first one.
+  absl::Status WriteJournal(const std::vector<JournalOp>& ops) ABSL_LOCKS_EXCLUDED(mu_);
+  // Whether a new job may be queued now: null when it may, the job a
+  // request id names when the call is a retry, or the reason it may not.
+  absl::StatusOr<const JobInfo*> AdmissionLocked(const std::string& request_id) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Takes over the jobs the journal holds (constructor only).
   void Recover();
   void WorkerLoop();
@@ -113,6 +134,11 @@ class TrainingJobManager {
   std::function<void(const std::string&, int64_t)> on_state_;
   std::function<void(double)> on_progress_;
   int64_t running_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<JournalOp> pending_journal_ ABSL_GUARDED_BY(mu_);
+  // Serialises the journal's writes; taken without mu_.
+  absl::Mutex journal_mu_;
+  // Per job id, the revision of the record on disk (kRemoved once removed).
+  std::map<std::string, int64_t> journaled_revision_ ABSL_GUARDED_BY(journal_mu_);
 };
 
 }  // namespace sae::server

@@ -2,11 +2,13 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <limits>
 #include <random>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "core/file_util.h"
 #include "gtest/gtest.h"
 
@@ -53,7 +55,11 @@ TEST(TrainingJobsTest, WaitForChangeSeesProgressAndTheFinalState) {
   auto store = ModelStore::Open(root);
   TrainingJobManager jobs(store->get(), JobManagerOptions{1, 4});
   JobSpec spec = LongJob("short");
-  spec.options.epochs = 200;
+  // About a tenth of a second of training (20,000 steps, progress every 10):
+  // long enough that the watcher sees progress between the first state and
+  // the last even when it wakes late (200 epochs took 5 ms, and the watcher
+  // often saw only queued -> succeeded).
+  spec.options.epochs = 5000;
   absl::StatusOr<JobInfo> job = jobs.Submit(spec);
   ASSERT_TRUE(job.ok());
   int64_t revision = -1;
@@ -71,6 +77,46 @@ TEST(TrainingJobsTest, WaitForChangeSeesProgressAndTheFinalState) {
   RemoveTree(root).IgnoreError();
 }
 
+// The journal's writes (an fsync each: milliseconds, more on network
+// storage) are made outside the manager's lock: while the worker's write of
+// a job's "running" record does not return, Get and List still answer.
+TEST(TrainingJobsTest, JobCallsDoNotWaitForTheJournalsWrites) {
+  const std::string root = absl::StrCat(::testing::TempDir(), "/jobs_slow_", ::getpid());
+  ASSERT_TRUE(RemoveTree(root).ok());
+  auto store = ModelStore::Open(root + "/models");
+  ASSERT_TRUE(store.ok());
+  auto journal = JobJournal::Open(root + "/jobs");
+  ASSERT_TRUE(journal.ok()) << journal.status();
+  absl::Notification release;
+  std::atomic<bool> blocked{false};
+  (*journal)->set_before_write_for_testing([&](const JobInfo& info) {
+    if (info.state != JobState::kRunning) return;
+    blocked = true;
+    release.WaitForNotification();
+  });
+  TrainingJobManager jobs(store->get(), JobManagerOptions{1, 4}, std::move(*journal));
+  absl::StatusOr<JobInfo> job = jobs.Submit(LongJob("slow-disk"));
+  ASSERT_TRUE(job.ok()) << job.status();
+  for (int i = 0; i < 1000 && !blocked; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(blocked) << "the worker never wrote the running record";
+  std::atomic<bool> answered{false};
+  std::thread caller([&] {
+    EXPECT_TRUE(jobs.Get(job->id).ok());
+    EXPECT_EQ(jobs.List().size(), 1u);
+    answered = true;
+  });
+  for (int i = 0; i < 200 && !answered; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(answered) << "Get and List waited for the journal's write";
+  release.Notify();
+  caller.join();
+  EXPECT_TRUE(jobs.Cancel(job->id).ok());
+  jobs.Shutdown();
+  RemoveTree(root).IgnoreError();
+}
 
 JobInfo Record(const std::string& id, const std::string& model, JobState state) {
   JobInfo info;
