@@ -4,6 +4,7 @@
 #include <deque>
 #include <fstream>
 #include <thread>
+#include <tuple>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -109,15 +110,14 @@ absl::StatusOr<ClientSecurity> LoadClientSecurity(bool tls, const std::string& c
     *out = std::move(*text);
     return absl::OkStatus();
   };
-  if (absl::Status s = read(ca_file, "--tls-ca", &security.ca_pem); !s.ok()) return s;
-  if (absl::Status s = read(cert_file, "--tls-cert", &security.cert_pem); !s.ok()) return s;
-  if (absl::Status s = read(key_file, "--tls-key", &security.key_pem); !s.ok()) return s;
-  for (const auto& [pem, flag] : {std::pair{&security.ca_pem, "--tls-ca"},
-                                  std::pair{&security.cert_pem, "--tls-cert"},
-                                  std::pair{&security.key_pem, "--tls-key"}}) {
-    if (!pem->empty() && pem->find("-----BEGIN ") == std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrCat(flag, ": not a PEM file"));
-    }
+  for (const auto& [path, flag, pem] :
+       {std::tuple{&ca_file, "--tls-ca", &security.ca_pem},
+        std::tuple{&cert_file, "--tls-cert", &security.cert_pem},
+        std::tuple{&key_file, "--tls-key", &security.key_pem}}) {
+    if (path->empty()) continue;
+    absl::StatusOr<std::string> text = ReadPemFile(*path, flag);
+    if (!text.ok()) return text.status();
+    *pem = std::move(*text);
   }
   if (!token_file.empty()) {
     std::string token;

@@ -97,6 +97,18 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path, size_t max_by
   return out;
 }
 
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, absl::string_view what) {
+  absl::StatusOr<std::string> pem = ReadSmallFile(path, 1 << 20);
+  if (!pem.ok()) {
+    return absl::Status(pem.status().code(), absl::StrCat(what, ": ", pem.status().message()));
+  }
+  if (pem->find("-----BEGIN ") == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": '", path, "' is not PEM (no '-----BEGIN' line)"));
+  }
+  return pem;
+}
+
 absl::Status FsyncDirectory(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return ErrnoToStatus(errno, "cannot open folder", path);

@@ -28,6 +28,12 @@ absl::Status ReplaceFileAtomically(const std::string& path, absl::string_view co
 
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path, size_t max_bytes);
 
+// Reads a PEM file (a TLS certificate chain, private key or CA bundle) of at
+// most 1 MiB, for the setting `what` (a flag or field name, which every
+// message starts with). INVALID_ARGUMENT when it holds no "-----BEGIN "
+// line; otherwise ReadSmallFile's errors.
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, absl::string_view what);
+
 absl::Status FsyncDirectory(const std::string& path);
 // mkdir; OK when the folder already exists.
 absl::Status MakeDirectory(const std::string& path);

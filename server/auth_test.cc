@@ -298,8 +298,11 @@ TEST_F(SecureServerTest, BadSecurityOptionsAreRefusedAtStart) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(start([&](ServerOptions& o) { o.security.tls_cert_file = *dir_ + "/none.pem"; }).code(),
             absl::StatusCode::kNotFound);
-  EXPECT_EQ(start([&](ServerOptions& o) { o.security.tls_key_file = *dir_ + "/tokens"; }).code(),
-            absl::StatusCode::kInvalidArgument);
+  const absl::Status not_pem =
+      start([&](ServerOptions& o) { o.security.tls_key_file = *dir_ + "/tokens"; });
+  EXPECT_EQ(not_pem.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(not_pem.message().find("tls_key: '"), std::string::npos) << not_pem;
+  EXPECT_NE(not_pem.message().find("is not PEM"), std::string::npos) << not_pem;
   EXPECT_EQ(start([&](ServerOptions& o) { o.security.token_file = Pki("ca.pem"); }).code(),
             absl::StatusCode::kInvalidArgument);
   // Client side: a certificate without its key, a missing file, a bad token file.
@@ -309,6 +312,14 @@ TEST_F(SecureServerTest, BadSecurityOptionsAreRefusedAtStart) {
             absl::StatusCode::kNotFound);
   EXPECT_EQ(client::LoadClientSecurity(false, "", "", "", *dir_ + "/tokens").status().code(),
             absl::StatusCode::kInvalidArgument);
+  // A file that is not PEM, named by its flag (the same check as the server's).
+  const absl::Status client_not_pem =
+      client::LoadClientSecurity(false, *dir_ + "/tokens", "", "", "").status();
+  EXPECT_EQ(client_not_pem.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(client_not_pem.message().find("--tls-ca: '"), std::string::npos) << client_not_pem;
+  EXPECT_TRUE(client::LoadClientSecurity(false, Pki("ca.pem"), Pki("client.pem"),
+                                         Pki("client.key"), "")
+                  .ok());
 }
 
 }  // namespace

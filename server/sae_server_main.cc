@@ -89,6 +89,7 @@ int main(int argc, char** argv) {
       "   or: sae_server --plaintext [flags]   (no TLS: trusted networks only)\n"
       "Flags may be spelled with dashes or underscores (--tls-cert, --tls_cert).");
   sae::NormalizeFlagDashes(argc, argv);
+  sae::server::DisableMutexDeadlockDetection();
   absl::ParseCommandLine(argc, argv);
   sae::server::ServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen);

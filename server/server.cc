@@ -1,6 +1,7 @@
 #include "server/server.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "core/blas.h"
 #include "core/file_util.h"
 #include "core/model_store.h"
@@ -22,18 +23,6 @@ namespace sae::server {
 
 namespace {
 
-absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
-  absl::StatusOr<std::string> pem = ReadSmallFile(path, 1 << 20);
-  if (!pem.ok()) {
-    return absl::Status(pem.status().code(), absl::StrCat(what, ": ", pem.status().message()));
-  }
-  if (pem->find("-----BEGIN ") == std::string::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, " '", path, "' is not PEM (no '-----BEGIN' line)"));
-  }
-  return pem;
-}
-
 // TLS (optionally mutual) credentials, or plaintext when asked for.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
     const SecurityOptions& o) {
@@ -53,15 +42,15 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
   }
   grpc::SslServerCredentialsOptions ssl;
   grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-  absl::StatusOr<std::string> cert = ReadPem(o.tls_cert_file, "tls_cert");
+  absl::StatusOr<std::string> cert = ReadPemFile(o.tls_cert_file, "tls_cert");
   if (!cert.ok()) return cert.status();
-  absl::StatusOr<std::string> key = ReadPem(o.tls_key_file, "tls_key");
+  absl::StatusOr<std::string> key = ReadPemFile(o.tls_key_file, "tls_key");
   if (!key.ok()) return key.status();
   pair.cert_chain = std::move(*cert);
   pair.private_key = std::move(*key);
   ssl.pem_key_cert_pairs.push_back(std::move(pair));
   if (!o.tls_client_ca_file.empty()) {
-    absl::StatusOr<std::string> ca = ReadPem(o.tls_client_ca_file, "tls_client_ca");
+    absl::StatusOr<std::string> ca = ReadPemFile(o.tls_client_ca_file, "tls_client_ca");
     if (!ca.ok()) return ca.status();
     ssl.pem_root_certs = std::move(*ca);
     ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
@@ -253,6 +242,10 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
   if (impl_->health_server) impl_->health_server->Shutdown();
   impl_->registry.reset();
   LogLine("server", "stopped");
+}
+
+void DisableMutexDeadlockDetection() {
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 }
 
 }  // namespace sae::server
