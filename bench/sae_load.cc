@@ -17,6 +17,9 @@
 //   encode_1row_c16_rows_per_s   single-row Encode, 16 clients, batching on
 //   batching_gain_c32            rows/s with batching over without, 32 clients
 //   encode_p50_vs_health_p50     single-row Encode p50 over health p50, 1 client
+//   encode_p50_floor_vs_health_p50  the lowest that ratio can be here: a health
+//                                check plus one read of the encoder's weights
+//                                (in-process runs only)
 //   encode_p99_training_vs_idle  Encode p99 while a job trains over idle p99
 #include <unistd.h>
 
@@ -44,6 +47,7 @@
 #include "core/blas.h"
 #include "core/file_util.h"
 #include "core/model_store.h"
+#include "core/packed_gemm.h"
 #include "core/parallel.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
@@ -272,11 +276,76 @@ std::string StartTraining(v1::SparseAutoencoderService::Stub* stub, const std::s
   return job.job().id();
 }
 
+// What the machine allows a one-row Encode at one client (of the in-process
+// servers), whatever the server's own code: one read of the encoder's
+// weights (d_in x d_hidden floats, from cache or memory) by one thread per
+// core that spins between reads, so no hand-off or wake-up is counted; and
+// for comparison the product as the server runs it (core/packed_gemm.h,
+// whose ParallelFor wakes a pool thread). Medians of 31 runs, in ms.
+struct EncodeFloor {
+  double weights_read_ms = 0;
+  double product_ms = 0;
+};
+
+EncodeFloor MeasureEncodeFloor(int64_t d_in, int64_t d_hidden, int64_t rows) {
+  const sae::RowMatrix w = sae::RowMatrix::Random(d_in, d_hidden);
+  const sae::PackedMatrix packed(w);
+  const sae::RowMatrix x = sae::RowMatrix::Random(rows, d_in);
+  sae::RowMatrix out = sae::RowMatrix::Zero(rows, d_hidden);
+  const int threads = std::max(1, sae::Parallelism());
+  const auto median_ms = [](const std::function<void()>& fn) {
+    std::vector<double> ms;
+    for (int i = 0; i < 34; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      fn();
+      const std::chrono::duration<double, std::milli> took = std::chrono::steady_clock::now() - t0;
+      if (i >= 3) ms.push_back(took.count());  // the first runs warm the caches
+    }
+    std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
+    return ms[ms.size() / 2];
+  };
+  // Thread t sums rows [d_in * t / threads, d_in * (t + 1) / threads).
+  std::vector<double> sums(static_cast<size_t>(threads), 0.0);
+  const auto read_share = [&](int t) {
+    const int64_t lo = d_in * t / threads, hi = d_in * (t + 1) / threads;
+    sums[static_cast<size_t>(t)] += w.middleRows(lo, hi - lo).sum();
+  };
+  std::atomic<int> round{0}, finished{0};
+  std::atomic<bool> quit{false};
+  std::vector<std::thread> helpers;
+  for (int t = 1; t < threads; ++t) {
+    helpers.emplace_back([&, t] {
+      int seen = 0;
+      while (!quit.load(std::memory_order_acquire)) {
+        const int r = round.load(std::memory_order_acquire);
+        if (r == seen) continue;  // spin: a wake-up would be counted otherwise
+        seen = r;
+        read_share(t);
+        finished.fetch_add(1, std::memory_order_acq_rel);
+      }
+    });
+  }
+  EncodeFloor floor;
+  floor.weights_read_ms = median_ms([&] {
+    const int target = finished.load() + threads - 1;
+    round.fetch_add(1, std::memory_order_acq_rel);
+    read_share(0);
+    while (finished.load(std::memory_order_acquire) < target) {
+    }
+  });
+  quit = true;
+  for (std::thread& h : helpers) h.join();
+  floor.product_ms = median_ms([&] { sae::MultiplyAddPacked(x, packed, out); });
+  if (sums[0] == 12345.0) std::printf(" ");  // keeps the sums alive
+  return floor;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Load generator for sae_server (see the header of bench/sae_load.cc).");
   absl::ParseCommandLine(argc, argv);
+  sae::server::DisableMutexDeadlockDetection();
   const bool quick = absl::GetFlag(FLAGS_quick);
   const double seconds = quick ? 0.5 : absl::GetFlag(FLAGS_seconds);
   const int64_t d_in = quick ? 64 : absl::GetFlag(FLAGS_d_in);
@@ -373,6 +442,17 @@ int main(int argc, char** argv) {
   };
   if (const LevelResult* c1 = level(1)) {
     std::printf("encode_p50_vs_health_p50=%.3f\n", c1->p50 / health.p50);
+    // In-process only: the floor is this machine's, for the model shape of
+    // the in-process servers.
+    if (rpc == "encode" && server) {
+      const EncodeFloor floor = MeasureEncodeFloor(d_in, d_hidden, rows);
+      std::printf("encode_weights_read_ms=%.4f\nencode_product_ms=%.4f\n", floor.weights_read_ms,
+                  floor.product_ms);
+      // The lowest encode_p50_vs_health_p50 the machine allows: a health
+      // check plus one read of the weights.
+      std::printf("encode_p50_floor_vs_health_p50=%.3f\n",
+                  (health.p50 + floor.weights_read_ms) / health.p50);
+    }
   }
   if (const LevelResult* c16 = level(16); c16 && rows == 1) {
     std::printf("encode_1row_c16_rows_per_s=%.1f\n", c16->rows_per_s);

@@ -97,17 +97,16 @@ TEST_F(BatchingRpcTest, ConcurrentCallsMatchTheModel) {
     clients.emplace_back([&, c] {
       for (int i = 0; i < kCalls; ++i) {
         const RowMatrix x = RandomMatrix(1 + (c + i) % 3, kIn, 100 * c + i);
-        const auto check = [&](const RowMatrix& got, const RowMatrix& want) {
-          if (got.rows() != want.rows() || got.cols() != want.cols() ||
-              (got - want).cwiseAbs().maxCoeff() > 1e-4f * (1 + want.cwiseAbs().maxCoeff())) {
-            ++mismatches;
-          }
-        };
         v1::EncodeResponse encoded;
         if (!Encode(x, std::chrono::seconds(20), &encoded).ok()) {
           ++failures;
           continue;
         }
+        // Bitwise the same merged or alone (core/packed_gemm.h: these
+        // batches stay under the packed kernel's 128 rows).
+        const auto check = [&](const RowMatrix& got, const RowMatrix& want) {
+          if (got != want) ++mismatches;
+        };
         check(Rows(encoded.dense()), *model_->Encode(x));
         v1::ReconstructRequest rr;
         rr.mutable_model()->set_name("m");
@@ -163,9 +162,22 @@ TEST_F(BatchingRpcTest, ACallWhoseDeadlinePassesInTheQueueIsTakenBack) {
   v1::EncodeResponse expired_out;
   const grpc::Status expired = Encode(eight, std::chrono::milliseconds(100), &expired_out);
   EXPECT_EQ(expired.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << expired.error_message();
-  std::this_thread::sleep_for(std::chrono::milliseconds(60));  // the server's cancellation lands
-  ASSERT_LT(Clock::now() - start, std::chrono::milliseconds(350)) << "the machine is too slow";
-  std::thread later([&] { later_status = Encode(two, std::chrono::seconds(20), &later_out); });
+  ASSERT_LT(Clock::now() - start, std::chrono::milliseconds(300)) << "the machine is too slow";
+  // The server's cancellation lands a little after the client's deadline
+  // (tens of ms under ASan on a busy machine): while the queue is still
+  // full, try again, but only within the leader's 400 ms wait, so that a
+  // call admitted proves the expired call's rows were given back.
+  std::thread later([&] {
+    while (true) {
+      const auto attempt = Clock::now();
+      later_status = Encode(two, std::chrono::seconds(20), &later_out);
+      if (later_status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED ||
+          attempt - start > std::chrono::milliseconds(330)) {
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  });
   leader.join();
   later.join();
   ASSERT_TRUE(leader_status.ok()) << leader_status.error_message();
