@@ -147,6 +147,37 @@ void BM_TrainingLoss(benchmark::State& state, Activation activation) {
 BENCHMARK_CAPTURE(BM_TrainingLoss, relu, Activation::kRelu)->UseRealTime();
 BENCHMARK_CAPTURE(BM_TrainingLoss, topk, Activation::kTopK)->UseRealTime();
 
+// A whole TopK training step (loss, gradient and Adam): as the trainer runs
+// it, each unit's rows updated as the backward pass makes them (row_by_row
+// = 1), or through a gradient buffer and Optimizer::Step (0).
+void BM_TopKTrainingStep(benchmark::State& state) {
+  const bool row_by_row = state.range(0) != 0;
+  ModelConfig c = DefaultConfig(kIn, kHidden, Activation::kTopK);
+  ParameterSet p = ParameterSet::FromWeights(InitialWeights(c, 1));
+  const RowMatrix x = Random(kBatch, kIn);
+  ObjectiveWorkspace ws;
+  Gradients g(kIn, kHidden);
+  auto opt = Optimizer::Create(OptimizerOptions{}, p);
+  Optimizer& o = **opt;
+  for (auto _ : state) {
+    if (row_by_row) {
+      o.BeginStep(c.weight_decay, c.unit_norm_decoder);
+      ComputeTopKLoss(c, p, x, x, &ws, &g,
+                      [&](int chunk, int64_t unit, const float* d_enc, const float* d_dec) {
+                        o.UpdateWeightRow(chunk, Optimizer::WeightRow::kEncoder, unit, d_enc, &p);
+                        o.UpdateWeightRow(chunk, Optimizer::WeightRow::kDecoder, unit, d_dec, &p);
+                      });
+      o.UpdateBiases(g, &p);
+    } else {
+      ComputeLoss(c, p, x, x, &ws, &g);
+      o.Step(g, c.weight_decay, c.unit_norm_decoder, &p);
+    }
+  }
+  state.counters["rows_per_s"] = benchmark::Counter(
+      static_cast<double>(kBatch), benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_TopKTrainingStep)->ArgName("row_by_row")->Arg(0)->Arg(1)->UseRealTime();
+
 }  // namespace
 }  // namespace sae
 

@@ -159,7 +159,7 @@ LossTerms DenseLoss(const ModelConfig& config, const ParameterSet& params,
 
 LossTerms TopKLoss(const ModelConfig& config, const ParameterSet& params,
                    ConstMatrixRef target, ObjectiveWorkspace& ws,
-                   Gradients* grads) {
+                   Gradients* grads, const UnitGradientSink* sink) {
   const Eigen::Index batch = ws.centered.rows();
   const int64_t k = config.k;
   const int64_t d_h = config.d_hidden;
@@ -220,9 +220,11 @@ LossTerms TopKLoss(const ModelConfig& config, const ParameterSet& params,
   t.sparsity = config.l1_coefficient * l1_sum * inv_b;
   t.total = t.reconstruction + t.sparsity;
   if (grads == nullptr) return t;
+  if (sink != nullptr && !std::isfinite(t.total)) return t;
 
   // Backward, one unit at a time: every gradient row is written once and
   // only for units that fired (ReLU after TopK: others get no gradient).
+  // With a sink the rows are made in per-chunk scratch and handed over.
   ParameterSet& g = grads->values;
   auto g_w_dec = g.w_dec();
   auto g_w_enc_t = g.w_enc_t();
@@ -236,6 +238,8 @@ LossTerms TopKLoss(const ModelConfig& config, const ParameterSet& params,
   // Units split across threads; each chunk keeps its own b_dec partial,
   // summed in chunk order so the result does not depend on timing.
   std::vector<Vector> partial_b_dec(static_cast<size_t>(Parallelism()));
+  if (sink != nullptr) ws.unit_rows.resize(partial_b_dec.size());
+  const Eigen::Index d_in = config.d_in;
   ParallelFor(d_h, 64, [&](int chunk, int64_t j0, int64_t j1) {
     Vector& part = partial_b_dec[chunk];
     part = Vector::Zero(config.d_in);
@@ -244,10 +248,19 @@ LossTerms TopKLoss(const ModelConfig& config, const ParameterSet& params,
       grads->unit_touched[j] = begin < end;
       if (begin == end) {
         g_b_enc[j] = 0.0f;
+        if (sink != nullptr) (*sink)(chunk, j, nullptr, nullptr);
         continue;
       }
-      auto gd = g_w_dec.row(j);
-      auto ge = g_w_enc_t.row(j);
+      float* gd_data = g_w_dec.row(j).data();
+      float* ge_data = g_w_enc_t.row(j).data();
+      if (sink != nullptr) {
+        std::vector<float>& rows = ws.unit_rows[chunk];
+        rows.resize(static_cast<size_t>(2 * d_in));
+        gd_data = rows.data();
+        ge_data = rows.data() + d_in;
+      }
+      Eigen::Map<RowVector> gd(gd_data, d_in);
+      Eigen::Map<RowVector> ge(ge_data, d_in);
       const auto wd = w_dec.row(j);
       float db = 0.0f;
       for (int64_t e = begin; e < end; ++e) {
@@ -266,6 +279,7 @@ LossTerms TopKLoss(const ModelConfig& config, const ParameterSet& params,
       }
       g_b_enc[j] = db;
       part -= db * w_enc_t.row(j).transpose();
+      if (sink != nullptr) (*sink)(chunk, j, ge_data, gd_data);
     }
   });
   for (const Vector& part : partial_b_dec) {
@@ -273,6 +287,17 @@ LossTerms TopKLoss(const ModelConfig& config, const ParameterSet& params,
   }
   g.b_dec() = d_b_dec;
   return t;
+}
+
+// Sizes the workspace for `input` and fills ws.centered.
+void PrepareWorkspace(const ModelConfig& config, const ParameterSet& params,
+                      ConstMatrixRef input, ObjectiveWorkspace& ws) {
+  const Eigen::Index batch = input.rows();
+  EnsureShape(ws.centered, batch, config.d_in);
+  EnsureShape(ws.pre, batch, config.d_hidden);
+  EnsureShape(ws.output, batch, config.d_in);
+  ws.unit_fired.resize(static_cast<size_t>(config.d_hidden));
+  ws.centered = input.rowwise() - params.b_dec().transpose();
 }
 
 }  // namespace
@@ -286,17 +311,34 @@ LossTerms ComputeLoss(const ModelConfig& config, const ParameterSet& params,
                       ConstMatrixRef input, ConstMatrixRef target,
                       ObjectiveWorkspace* workspace, Gradients* grads) {
   ObjectiveWorkspace& ws = *workspace;
-  const Eigen::Index batch = input.rows();
-  EnsureShape(ws.centered, batch, config.d_in);
-  EnsureShape(ws.pre, batch, config.d_hidden);
-  EnsureShape(ws.output, batch, config.d_in);
-  ws.unit_fired.resize(static_cast<size_t>(config.d_hidden));
-  ws.centered = input.rowwise() - params.b_dec().transpose();
+  PrepareWorkspace(config, params, input, ws);
   if (config.activation == Activation::kTopK) {
-    return TopKLoss(config, params, target, ws, grads);
+    return TopKLoss(config, params, target, ws, grads, nullptr);
   }
-  if (grads != nullptr) EnsureShape(ws.grad_codes, batch, config.d_hidden);
+  if (grads != nullptr) EnsureShape(ws.grad_codes, input.rows(), config.d_hidden);
   return DenseLoss(config, params, target, ws, grads);
+}
+
+LossTerms ComputeTopKLoss(const ModelConfig& config, const ParameterSet& params,
+                          ConstMatrixRef input, ConstMatrixRef target,
+                          ObjectiveWorkspace* workspace, Gradients* grads,
+                          UnitGradientSink sink) {
+  if (config.activation != Activation::kTopK) {
+    // Dense gradients come from GEMMs: hand their rows over afterwards.
+    const LossTerms t = ComputeLoss(config, params, input, target, workspace, grads);
+    if (!std::isfinite(t.total)) return t;
+    ParallelFor(config.d_hidden, 64, [&](int chunk, int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) {
+        const bool touched = grads->unit_touched[j] != 0;
+        sink(chunk, j, touched ? grads->values.w_enc_t().row(j).data() : nullptr,
+             touched ? grads->values.w_dec().row(j).data() : nullptr);
+      }
+    });
+    return t;
+  }
+  ObjectiveWorkspace& ws = *workspace;
+  PrepareWorkspace(config, params, input, ws);
+  return TopKLoss(config, params, target, ws, grads, &sink);
 }
 
 }  // namespace sae

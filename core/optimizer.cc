@@ -18,29 +18,6 @@ absl::Status Bad(absl::string_view field, absl::string_view why) {
 
 bool InUnitInterval(float x) { return x >= 0.0f && x < 1.0f; }
 
-enum class RunKind { kEncoderRow, kDecoderRow, kBiases };
-
-// Calls fn(offset, length, has_gradient, kind) for every run of the flat
-// buffer: one per weight row of w_enc_t and of w_dec, one for the biases.
-// Runs are independent, so they are spread over threads (ParallelFor);
-// fn(chunk, ...) may use per-chunk scratch space.
-template <typename Fn>
-void ForEachRun(const ParameterSet& shape, const Gradients& grads, Fn fn) {
-  const int64_t d_in = shape.d_in(), d_h = shape.d_hidden();
-  // Item i < 2 * d_h is weight row i; item 2 * d_h is the bias block.
-  ParallelFor(2 * d_h + 1, 64, [&](int chunk, int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      if (i == 2 * d_h) {
-        fn(chunk, shape.weight_count(), d_h + d_in, true, RunKind::kBiases);
-        continue;
-      }
-      const int64_t j = i % d_h;
-      const RunKind kind = i < d_h ? RunKind::kEncoderRow : RunKind::kDecoderRow;
-      fn(chunk, i * d_in, d_in, grads.unit_touched[j] != 0, kind);
-    }
-  });
-}
-
 // The gradient of a run, projected off the row when asked: g - (g.w) w.
 // Returns the pointer to use (g itself, or `scratch`).
 const float* ProjectedGradient(const float* g, const float* w, int64_t n,
@@ -50,8 +27,9 @@ const float* ProjectedGradient(const float* g, const float* w, int64_t n,
   // would be one serial dependency chain.
   const float dot = Eigen::Map<const Vector>(g, n).dot(Eigen::Map<const Vector>(w, n));
   scratch.resize(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) scratch[i] = g[i] - dot * w[i];
-  return scratch.data();
+  float* out = scratch.data();
+  for (int64_t i = 0; i < n; ++i) out[i] = g[i] - dot * w[i];
+  return out;
 }
 
 // The update kernels take every scalar by value and every array as a
@@ -110,39 +88,23 @@ class Adam final : public Optimizer {
   Adam(const OptimizerOptions& options, int64_t size)
       : Optimizer(options), m_(size, 0.0f), v_(size, 0.0f) {}
 
-  void Step(const Gradients& grads, float weight_decay, bool unit_norm_decoder,
-            ParameterSet* params) override {
-    const float lr = CurrentLearningRate();
-    ++steps_taken_;
+ private:
+  void PrepareStep(float lr) override {
     const double t = static_cast<double>(steps_taken_);
     const double bc1 = 1.0 - std::pow(options_.beta1, t);
     const double bc2 = 1.0 - std::pow(options_.beta2, t);
     // PyTorch's form: w -= (lr / bc1) * m / (sqrt(v / bc2) + eps).
-    const float step = static_cast<float>(lr * std::sqrt(bc2) / bc1);
-    const float eps = static_cast<float>(options_.epsilon * std::sqrt(bc2));
-    const float b1 = options_.beta1, b2 = options_.beta2;
-    const float decay = 1.0f - lr * weight_decay;
-    float* w_all = params->flat().data();
-    const float* g_all = grads.values.flat().data();
-    float* m_all = m_.data();
-    float* v_all = v_.data();
-    scratch_.resize(static_cast<size_t>(Parallelism()));
-    ForEachRun(*params, grads, [&](int chunk, int64_t off, int64_t n,
-                                   bool has_grad, RunKind kind) {
-      float* w = w_all + off;
-      const float d = kind != RunKind::kBiases ? decay : 1.0f;
-      const bool sphere = unit_norm_decoder && kind == RunKind::kDecoderRow;
-      const float* g = has_grad ? ProjectedGradient(g_all + off, w, n, sphere,
-                                                    scratch_[chunk])
-                                : nullptr;
-      AdamUpdate(w, g, m_all + off, v_all + off, n, b1, b2, step, eps, d);
-      if (sphere) NormalizeRun(w, n);
-    });
+    step_ = static_cast<float>(lr * std::sqrt(bc2) / bc1);
+    eps_ = static_cast<float>(options_.epsilon * std::sqrt(bc2));
+  }
+  void UpdateRun(float* w, const float* g, int64_t offset, int64_t n,
+                 float decay) override {
+    AdamUpdate(w, g, m_.data() + offset, v_.data() + offset, n, options_.beta1,
+               options_.beta2, step_, eps_, decay);
   }
 
- private:
   std::vector<float> m_, v_;
-  std::vector<std::vector<float>> scratch_;  // one per chunk
+  float step_ = 0, eps_ = 0;  // this step's, set by PrepareStep
 };
 
 class Sgd final : public Optimizer {
@@ -150,32 +112,15 @@ class Sgd final : public Optimizer {
   Sgd(const OptimizerOptions& options, int64_t size)
       : Optimizer(options), velocity_(size, 0.0f) {}
 
-  void Step(const Gradients& grads, float weight_decay, bool unit_norm_decoder,
-            ParameterSet* params) override {
-    const float lr = CurrentLearningRate();
-    ++steps_taken_;
-    const float mu = options_.momentum;
-    const float decay = 1.0f - lr * weight_decay;
-    float* w_all = params->flat().data();
-    const float* g_all = grads.values.flat().data();
-    float* u_all = velocity_.data();
-    scratch_.resize(static_cast<size_t>(Parallelism()));
-    ForEachRun(*params, grads, [&](int chunk, int64_t off, int64_t n,
-                                   bool has_grad, RunKind kind) {
-      float* w = w_all + off;
-      const float d = kind != RunKind::kBiases ? decay : 1.0f;
-      const bool sphere = unit_norm_decoder && kind == RunKind::kDecoderRow;
-      const float* g = has_grad ? ProjectedGradient(g_all + off, w, n, sphere,
-                                                    scratch_[chunk])
-                                : nullptr;
-      SgdUpdate(w, g, u_all + off, n, mu, lr, d);
-      if (sphere) NormalizeRun(w, n);
-    });
+ private:
+  void PrepareStep(float lr) override { lr_ = lr; }
+  void UpdateRun(float* w, const float* g, int64_t offset, int64_t n,
+                 float decay) override {
+    SgdUpdate(w, g, velocity_.data() + offset, n, options_.momentum, lr_, decay);
   }
 
- private:
   std::vector<float> velocity_;
-  std::vector<std::vector<float>> scratch_;  // one per chunk
+  float lr_ = 0;
 };
 
 }  // namespace
@@ -202,6 +147,57 @@ absl::Status OptimizerOptions::Validate() const {
   if (!InUnitInterval(momentum)) return Bad("momentum", "must be in [0, 1)");
   if (warmup_steps < 0) return Bad("warmup_steps", "must be >= 0");
   return absl::OkStatus();
+}
+
+void Optimizer::Step(const Gradients& grads, float weight_decay,
+                     bool unit_norm_decoder, ParameterSet* params) {
+  BeginStep(weight_decay, unit_norm_decoder);
+  const int64_t d_in = params->d_in(), d_h = params->d_hidden();
+  const float* g_all = grads.values.flat().data();
+  // Item j < d_h is unit j's encoder row, d_h + j its decoder row, 2 * d_h
+  // the biases. Rows are independent, so they are spread over threads.
+  ParallelFor(2 * d_h + 1, 64, [&](int chunk, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      if (i == 2 * d_h) {
+        UpdateBiases(grads, params);
+        continue;
+      }
+      const int64_t j = i % d_h;
+      const float* g = grads.unit_touched[j] != 0 ? g_all + i * d_in : nullptr;
+      UpdateWeightRow(chunk, i < d_h ? WeightRow::kEncoder : WeightRow::kDecoder,
+                      j, g, params);
+    }
+  });
+}
+
+void Optimizer::BeginStep(float weight_decay, bool unit_norm_decoder) {
+  const float lr = CurrentLearningRate();
+  ++steps_taken_;
+  decay_ = 1.0f - lr * weight_decay;
+  unit_norm_decoder_ = unit_norm_decoder;
+  scratch_.resize(static_cast<size_t>(Parallelism()));
+  PrepareStep(lr);
+}
+
+void Optimizer::UpdateWeightRow(int chunk, WeightRow which, int64_t unit,
+                                const float* grad, ParameterSet* params) {
+  const int64_t d_in = params->d_in();
+  const int64_t offset =
+      (which == WeightRow::kEncoder ? unit : params->d_hidden() + unit) * d_in;
+  float* w = params->flat().data() + offset;
+  const bool sphere = unit_norm_decoder_ && which == WeightRow::kDecoder;
+  const float* g = grad != nullptr ? ProjectedGradient(grad, w, d_in, sphere,
+                                                       scratch_[chunk])
+                                   : nullptr;
+  UpdateRun(w, g, offset, d_in, decay_);
+  if (sphere) NormalizeRun(w, d_in);
+}
+
+void Optimizer::UpdateBiases(const Gradients& grads, ParameterSet* params) {
+  const int64_t offset = params->weight_count();
+  const int64_t n = params->d_hidden() + params->d_in();
+  UpdateRun(params->flat().data() + offset, grads.values.flat().data() + offset,
+            offset, n, 1.0f);
 }
 
 float Optimizer::CurrentLearningRate() const {

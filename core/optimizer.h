@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 #include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
@@ -49,8 +50,22 @@ class Optimizer {
   // component along the row (so the step moves along the unit sphere, as
   // SAELens does) and the row is rescaled to norm 1 after the step. Doing it
   // here, row by row, keeps the row in cache for all three passes.
-  virtual void Step(const Gradients& grads, float weight_decay,
-                    bool unit_norm_decoder, ParameterSet* params) = 0;
+  void Step(const Gradients& grads, float weight_decay, bool unit_norm_decoder,
+            ParameterSet* params);
+
+  // Step in parts, for an objective that hands over each unit's gradient
+  // rows as it makes them (ComputeLoss with a UnitGradientSink), so that the
+  // update reads them from cache instead of from a gradient buffer: call
+  // BeginStep, then UpdateWeightRow once for each of the 2 * d_hidden weight
+  // rows, then UpdateBiases. The result is bitwise that of Step.
+  // UpdateWeightRow may be called concurrently for distinct rows, each
+  // caller with its own `chunk` in [0, Parallelism()) (a ParallelFor chunk
+  // index); `grad` is the row's d_in gradient values, nullptr for zero.
+  enum class WeightRow { kEncoder, kDecoder };  // w_enc_t's row, w_dec's row
+  void BeginStep(float weight_decay, bool unit_norm_decoder);
+  void UpdateWeightRow(int chunk, WeightRow which, int64_t unit,
+                       const float* grad, ParameterSet* params);
+  void UpdateBiases(const Gradients& grads, ParameterSet* params);
 
   int64_t steps_taken() const { return steps_taken_; }
   // The learning rate the next step will use (after warm-up scaling).
@@ -58,8 +73,22 @@ class Optimizer {
 
  protected:
   explicit Optimizer(const OptimizerOptions& options) : options_(options) {}
+  // Called by BeginStep, after steps_taken() counts the new step, with its
+  // learning rate.
+  virtual void PrepareStep(float lr) = 0;
+  // Updates the n values at `w` (flat offset `offset`) from gradient `g`
+  // (nullptr: zero), scaling them by `decay` first. Thread-safe for
+  // disjoint runs.
+  virtual void UpdateRun(float* w, const float* g, int64_t offset, int64_t n,
+                         float decay) = 0;
+
   const OptimizerOptions options_;
   int64_t steps_taken_ = 0;
+
+ private:
+  float decay_ = 1.0f;  // this step's weight decay factor
+  bool unit_norm_decoder_ = false;
+  std::vector<std::vector<float>> scratch_;  // one per chunk
 };
 
 }  // namespace sae

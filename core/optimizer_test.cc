@@ -1,7 +1,13 @@
 #include "core/optimizer.h"
 
+#include <atomic>
 #include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
 
+#include "core/model.h"
+#include "core/objective.h"
 #include "gtest/gtest.h"
 
 namespace sae {
@@ -136,6 +142,65 @@ TEST(OptimizerTest, UnitNormDecoderStaysOnTheSphere) {
   EXPECT_GT(p.w_dec()(0, 0), 0.6f);
   // The encoder row is not constrained.
   EXPECT_NEAR(p.w_enc_t().row(0).norm(), 0.5f, 1e-6);
+}
+
+// Steps a model twice from the same start: once with ComputeLoss and Step,
+// once with ComputeTopKLoss handing each unit's rows to UpdateWeightRow as
+// the trainer does. d_in = 37 puts the rows at every alignment.
+void ExpectRowByRowStepsEqualStep(Activation activation, OptimizerKind kind) {
+  ModelConfig c = DefaultConfig(37, 96, activation);
+  c.k = 5;
+  c.l1_coefficient = 0.01f;
+  c.weight_decay = 0.01f;
+  c.unit_norm_decoder = true;
+  OptimizerOptions o;
+  o.kind = kind;
+  o.warmup_steps = 2;
+  ParameterSet whole = ParameterSet::FromWeights(InitialWeights(c, 3));
+  ParameterSet by_row = whole;
+  auto step_whole = Optimizer::Create(o, whole);
+  auto step_by_row = Optimizer::Create(o, by_row);
+  ASSERT_TRUE(step_whole.ok() && step_by_row.ok());
+  ObjectiveWorkspace ws_whole, ws_by_row;
+  Gradients g_whole(c.d_in, c.d_hidden), g_by_row(c.d_in, c.d_hidden);
+  std::mt19937_64 rng(11);
+  std::normal_distribution<float> normal;
+  for (int step = 0; step < 4; ++step) {
+    RowMatrix x(20, c.d_in);
+    for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = normal(rng);
+    const LossTerms t = ComputeLoss(c, whole, x, x, &ws_whole, &g_whole);
+    (*step_whole)->Step(g_whole, c.weight_decay, c.unit_norm_decoder, &whole);
+
+    Optimizer& opt = **step_by_row;
+    opt.BeginStep(c.weight_decay, c.unit_norm_decoder);
+    std::vector<std::atomic<int>> calls(static_cast<size_t>(c.d_hidden));
+    const LossTerms u = ComputeTopKLoss(
+        c, by_row, x, x, &ws_by_row, &g_by_row,
+        [&](int chunk, int64_t unit, const float* d_enc, const float* d_dec) {
+          ++calls[unit];
+          opt.UpdateWeightRow(chunk, Optimizer::WeightRow::kEncoder, unit, d_enc, &by_row);
+          opt.UpdateWeightRow(chunk, Optimizer::WeightRow::kDecoder, unit, d_dec, &by_row);
+        });
+    opt.UpdateBiases(g_by_row, &by_row);
+    EXPECT_EQ(t.total, u.total) << "step " << step;
+    for (int64_t j = 0; j < c.d_hidden; ++j) {
+      ASSERT_EQ(calls[j].load(), 1) << "unit " << j << ", step " << step;
+    }
+    for (Eigen::Index i = 0; i < whole.flat().size(); ++i) {
+      ASSERT_EQ(std::memcmp(&whole.flat()[i], &by_row.flat()[i], sizeof(float)), 0)
+          << "parameter " << i << " after step " << step << ": " << whole.flat()[i]
+          << " vs " << by_row.flat()[i];
+    }
+  }
+}
+
+TEST(OptimizerTest, RowByRowTopKStepsAreBitwiseStep) {
+  ExpectRowByRowStepsEqualStep(Activation::kTopK, OptimizerKind::kAdam);
+  ExpectRowByRowStepsEqualStep(Activation::kTopK, OptimizerKind::kSgd);
+}
+
+TEST(OptimizerTest, RowByRowDenseStepsAreBitwiseStep) {
+  ExpectRowByRowStepsEqualStep(Activation::kRelu, OptimizerKind::kAdam);
 }
 
 TEST(OptimizerTest, RejectsBadOptions) {
