@@ -262,6 +262,16 @@ LossTerms TopKLoss(const ModelConfig& config, const ParameterSet& params,
       Eigen::Map<RowVector> gd(gd_data, d_in);
       Eigen::Map<RowVector> ge(ge_data, d_in);
       const auto wd = w_dec.row(j);
+      if (j + 1 < j1) {
+        // The next unit's weight rows are read only after its entries are
+        // summed: ask for them now, while this unit computes.
+        const char* e = reinterpret_cast<const char*>(w_enc_t.row(j + 1).data());
+        const char* d = reinterpret_cast<const char*>(w_dec.row(j + 1).data());
+        for (int64_t b = 0; b < d_in * static_cast<int64_t>(sizeof(float)); b += 64) {
+          __builtin_prefetch(e + b);
+          __builtin_prefetch(d + b);
+        }
+      }
       float db = 0.0f;
       for (int64_t e = begin; e < end; ++e) {
         const int32_t entry = ws.by_unit[e];
