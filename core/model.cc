@@ -17,17 +17,6 @@ namespace {
 // kChunkRows * d_hidden floats however large the request.
 constexpr Eigen::Index kChunkRows = 256;
 
-// Up to this many rows the encoder and decoder products run on the packed
-// weights (core/packed_gemm.h), beyond it on sgemm. Measured at 784 x 4096 on the
-// development machine (2 threads, sae_kernels_bench EncodeRows*), ms per
-// product, packed vs sgemm: 8 rows 0.35 vs 0.64, 32 rows 0.89 vs 1.33, 128
-// rows 2.86 vs 3.42, 256 rows 6.6 vs 6.0. One row is bound by reading the
-// weights either way (0.3 ms), and the packed kernel makes it the same bits
-// as in any batch, so requests merged by the server's batcher get the
-// results they would alone. The decoder's input, sparse codes, costs only
-// its nonzero units there.
-constexpr Eigen::Index kPackedMaxRows = 128;
-
 absl::Status CheckShape(const char* name, Eigen::Index rows, Eigen::Index cols,
                         int64_t want_rows, int64_t want_cols) {
   if (rows != want_rows || cols != want_cols) {
@@ -62,12 +51,21 @@ Model::~Model() = default;
 
 void Model::MultiplyAddWeights(ConstMatrixRef a, const RowMatrix& w, LazyPacked& lazy,
                                MatrixRef out) const {
-  if (a.rows() > kPackedMaxRows) {
+  if (a.rows() > kSmallBatchMaxRows) {
     Gemm(Transpose::kNo, Transpose::kNo, 1.0f, a, w, 1.0f, out);
     return;
   }
+  MultiplyAddPacked(a, Packed(w, lazy), out);
+}
+
+const PackedMatrix& Model::Packed(const RowMatrix& w, LazyPacked& lazy) {
   std::call_once(lazy.once, [&] { lazy.packed = std::make_unique<PackedMatrix>(w); });
-  MultiplyAddPacked(a, *lazy.packed, out);
+  return *lazy.packed;
+}
+
+void Model::PrepareSmallBatchWeights() const {
+  Packed(weights_.w_enc, packed_enc_);
+  Packed(weights_.w_dec, packed_dec_);
 }
 
 absl::StatusOr<std::shared_ptr<const Model>> Model::Create(

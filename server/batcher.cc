@@ -2,6 +2,7 @@
 
 #include <deque>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -255,8 +256,10 @@ void Batcher::Lead(Queue* q, const BatchingOptions& options) {
       // with sae_load, one-row Encode, three runs each, rows/s: 16 clients
       // 7,300 - 9,100 against 6,800 - 7,800 with the product split over both
       // cores, 32 clients 10,000 - 12,100 against 9,500 - 10,400, and no
-      // worse at 2 - 8 clients. A lone call still uses every core.
-      ScopedSerial serial;
+      // worse at 2 - 8 clients. A lone call still uses every core, and so
+      // do batches past kSmallBatchMaxRows, which run on sgemm.
+      std::optional<ScopedSerial> serial;
+      if (rows <= kSmallBatchMaxRows) serial.emplace();
       absl::Status s = Compute(*model, q->op, merged, &result);
       r = 0;
       for (auto& it : batch) {

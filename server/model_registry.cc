@@ -44,6 +44,8 @@ absl::StatusOr<std::shared_ptr<const Model>> ModelRegistry::LoadVersion(const st
   // Load outside the lock: other requests keep being served meanwhile. Two
   // threads may load the same version at once; the first to finish wins.
   absl::StatusOr<LoadedModel> loaded = store_->Load(ModelRef::Version(name, version));
+  // Packing here keeps the copy off the first small request's path.
+  if (loaded.ok()) loaded->model->PrepareSmallBatchWeights();
   absl::MutexLock lock(&mu_);
   if (!loaded.ok()) {
     if (absl::IsDataLoss(loaded.status()) && bad_versions_.insert(key).second) {
