@@ -60,8 +60,9 @@ class ABSL_SCOPED_LOCKABLE TrainingJobManager::Lock {
   ~Lock() ABSL_UNLOCK_FUNCTION() ABSL_NO_THREAD_SAFETY_ANALYSIS {
     std::vector<JournalOp> ops;
     ops.swap(m_->pending_journal_);
+    if (!ops.empty()) ++m_->journal_batches_in_flight_;
     m_->mu_.Unlock();
-    m_->WriteJournal(ops).IgnoreError();  // logged
+    if (!ops.empty()) m_->WriteJournalBatch(ops);
   }
   Lock(const Lock&) = delete;
   Lock& operator=(const Lock&) = delete;
@@ -83,6 +84,23 @@ void TrainingJobManager::SetStateLocked(Job* job, JobState state) {
 
 void TrainingJobManager::JournalLocked(const Job& job) {
   if (journal_ != nullptr) pending_journal_.push_back({job.info, false});
+}
+
+void TrainingJobManager::WriteJournalBatch(const std::vector<JournalOp>& ops) {
+  WriteJournal(ops).IgnoreError();  // logged
+  absl::MutexLock lock(&journal_mu_);
+  if (--journal_batches_in_flight_ > 0) return;
+  // Every batch taken from pending_journal_ so far is written, and later
+  // ones cannot name a removed job (it left jobs_ before its removal was
+  // queued): the tombstones have done their work.
+  for (auto it = journaled_revision_.begin(); it != journaled_revision_.end();) {
+    it = it->second == kRemoved ? journaled_revision_.erase(it) : std::next(it);
+  }
+}
+
+size_t TrainingJobManager::journaled_ids_for_testing() {
+  absl::MutexLock lock(&journal_mu_);
+  return journaled_revision_.size();
 }
 
 absl::Status TrainingJobManager::WriteJournal(const std::vector<JournalOp>& ops) {

@@ -87,6 +87,9 @@ class TrainingJobManager {
   // is already publishing finishes its publish first.
   void Shutdown();
 
+  // Job ids the journal writer keeps a record revision or tombstone for.
+  size_t journaled_ids_for_testing();
+
  private:
   struct Job {
     JobInfo info;
@@ -111,6 +114,9 @@ class TrainingJobManager {
   // newer one (threads release mu_ in any order) nor bringing back a removed
   // one. Failures are logged; returns the first one.
   absl::Status WriteJournal(const std::vector<JournalOp>& ops) ABSL_LOCKS_EXCLUDED(mu_);
+  // WriteJournal for a batch Lock took from pending_journal_; the last
+  // batch in flight drops the removed jobs' tombstones.
+  void WriteJournalBatch(const std::vector<JournalOp>& ops) ABSL_LOCKS_EXCLUDED(mu_);
   // Whether a new job may be queued now: null when it may, the job a
   // request id names when the call is a retry, or the reason it may not.
   absl::StatusOr<const JobInfo*> AdmissionLocked(const std::string& request_id) const
@@ -137,8 +143,11 @@ class TrainingJobManager {
   std::vector<JournalOp> pending_journal_ ABSL_GUARDED_BY(mu_);
   // Serialises the journal's writes; taken without mu_.
   absl::Mutex journal_mu_;
-  // Per job id, the revision of the record on disk (kRemoved once removed).
+  // Per job id, the revision of the record on disk (kRemoved once removed,
+  // until no batch taken before the removal can still be unwritten).
   std::map<std::string, int64_t> journaled_revision_ ABSL_GUARDED_BY(journal_mu_);
+  // Batches taken from pending_journal_ (under mu_) and not yet written.
+  std::atomic<int> journal_batches_in_flight_{0};
 };
 
 }  // namespace sae::server

@@ -118,6 +118,32 @@ TEST(TrainingJobsTest, JobCallsDoNotWaitForTheJournalsWrites) {
   RemoveTree(root).IgnoreError();
 }
 
+// Forgotten jobs leave the journal writer's bookkeeping too: it stays
+// bounded by the jobs kept, however many jobs a server has run.
+TEST(TrainingJobsTest, ForgottenJobsLeaveNoJournalBookkeeping) {
+  const std::string root = absl::StrCat(::testing::TempDir(), "/jobs_forget_", ::getpid());
+  ASSERT_TRUE(RemoveTree(root).ok());
+  auto store = ModelStore::Open(root + "/models");
+  ASSERT_TRUE(store.ok());
+  auto journal = JobJournal::Open(root + "/jobs");
+  ASSERT_TRUE(journal.ok()) << journal.status();
+  constexpr int64_t kKept = 2;
+  TrainingJobManager jobs(store->get(), JobManagerOptions{1, 8, kKept}, std::move(*journal));
+  for (int i = 0; i < 12; ++i) {
+    JobSpec spec = LongJob("forget");
+    spec.options.epochs = 1;
+    absl::StatusOr<JobInfo> job = jobs.Submit(spec);
+    ASSERT_TRUE(job.ok()) << job.status();
+    JobInfo now = *job;
+    while (!IsFinal(now.state)) now = *jobs.WaitForChange(job->id, now.revision, absl::Seconds(10));
+    ASSERT_EQ(now.state, JobState::kSucceeded);
+  }
+  EXPECT_LE(jobs.List().size(), static_cast<size_t>(kKept + 1));
+  EXPECT_LE(jobs.journaled_ids_for_testing(), static_cast<size_t>(kKept + 1));
+  jobs.Shutdown();
+  RemoveTree(root).IgnoreError();
+}
+
 JobInfo Record(const std::string& id, const std::string& model, JobState state) {
   JobInfo info;
   info.id = id;
