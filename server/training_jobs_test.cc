@@ -77,24 +77,39 @@ TEST(TrainingJobsTest, WaitForChangeSeesProgressAndTheFinalState) {
   RemoveTree(root).IgnoreError();
 }
 
+// A fresh folder holding a model store and a job journal.
+class JournaledJobsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = absl::StrCat(::testing::TempDir(), "/journaled_", ::getpid(), "_",
+                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    ASSERT_TRUE(RemoveTree(root_).ok());
+    absl::StatusOr<std::unique_ptr<ModelStore>> store = ModelStore::Open(root_ + "/models");
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(*store);
+    absl::StatusOr<std::unique_ptr<JobJournal>> journal = JobJournal::Open(root_ + "/jobs");
+    ASSERT_TRUE(journal.ok()) << journal.status();
+    journal_ = std::move(*journal);
+  }
+  void TearDown() override { RemoveTree(root_).IgnoreError(); }
+
+  std::string root_;
+  std::unique_ptr<ModelStore> store_;
+  std::unique_ptr<JobJournal> journal_;
+};
+
 // The journal's writes (an fsync each: milliseconds, more on network
 // storage) are made outside the manager's lock: while the worker's write of
 // a job's "running" record does not return, Get and List still answer.
-TEST(TrainingJobsTest, JobCallsDoNotWaitForTheJournalsWrites) {
-  const std::string root = absl::StrCat(::testing::TempDir(), "/jobs_slow_", ::getpid());
-  ASSERT_TRUE(RemoveTree(root).ok());
-  auto store = ModelStore::Open(root + "/models");
-  ASSERT_TRUE(store.ok());
-  auto journal = JobJournal::Open(root + "/jobs");
-  ASSERT_TRUE(journal.ok()) << journal.status();
+TEST_F(JournaledJobsTest, JobCallsDoNotWaitForTheJournalsWrites) {
   absl::Notification release;
   std::atomic<bool> blocked{false};
-  (*journal)->set_before_write_for_testing([&](const JobInfo& info) {
+  journal_->set_before_write_for_testing([&](const JobInfo& info) {
     if (info.state != JobState::kRunning) return;
     blocked = true;
     release.WaitForNotification();
   });
-  TrainingJobManager jobs(store->get(), JobManagerOptions{1, 4}, std::move(*journal));
+  TrainingJobManager jobs(store_.get(), JobManagerOptions{1, 4}, std::move(journal_));
   absl::StatusOr<JobInfo> job = jobs.Submit(LongJob("slow-disk"));
   ASSERT_TRUE(job.ok()) << job.status();
   for (int i = 0; i < 1000 && !blocked; ++i) {
@@ -115,20 +130,13 @@ TEST(TrainingJobsTest, JobCallsDoNotWaitForTheJournalsWrites) {
   caller.join();
   EXPECT_TRUE(jobs.Cancel(job->id).ok());
   jobs.Shutdown();
-  RemoveTree(root).IgnoreError();
 }
 
 // Forgotten jobs leave the journal writer's bookkeeping too: it stays
 // bounded by the jobs kept, however many jobs a server has run.
-TEST(TrainingJobsTest, ForgottenJobsLeaveNoJournalBookkeeping) {
-  const std::string root = absl::StrCat(::testing::TempDir(), "/jobs_forget_", ::getpid());
-  ASSERT_TRUE(RemoveTree(root).ok());
-  auto store = ModelStore::Open(root + "/models");
-  ASSERT_TRUE(store.ok());
-  auto journal = JobJournal::Open(root + "/jobs");
-  ASSERT_TRUE(journal.ok()) << journal.status();
+TEST_F(JournaledJobsTest, ForgottenJobsLeaveNoJournalBookkeeping) {
   constexpr int64_t kKept = 2;
-  TrainingJobManager jobs(store->get(), JobManagerOptions{1, 8, kKept}, std::move(*journal));
+  TrainingJobManager jobs(store_.get(), JobManagerOptions{1, 8, kKept}, std::move(journal_));
   for (int i = 0; i < 12; ++i) {
     JobSpec spec = LongJob("forget");
     spec.options.epochs = 1;
@@ -141,7 +149,6 @@ TEST(TrainingJobsTest, ForgottenJobsLeaveNoJournalBookkeeping) {
   EXPECT_LE(jobs.List().size(), static_cast<size_t>(kKept + 1));
   EXPECT_LE(jobs.journaled_ids_for_testing(), static_cast<size_t>(kKept + 1));
   jobs.Shutdown();
-  RemoveTree(root).IgnoreError();
 }
 
 JobInfo Record(const std::string& id, const std::string& model, JobState state) {
