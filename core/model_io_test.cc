@@ -10,6 +10,7 @@
 #include "core/file_util.h"
 #include "core/safetensors.h"
 #include "core/testing/random_matrix.h"
+#include "core/testing/test_dir.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
@@ -19,9 +20,7 @@ namespace {
 class ModelIoTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = absl::StrCat(::testing::TempDir(), "/model_io_", ::getpid(), "_",
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    ASSERT_TRUE(RemoveTree(dir_).ok());
+    dir_ = testing::FreshTestDir("model_io");
     ASSERT_TRUE(MakeDirectory(dir_).ok());
   }
   void TearDown() override { RemoveTree(dir_).IgnoreError(); }

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/file_util.h"
+#include "core/testing/test_dir.h"
 #include "gtest/gtest.h"
 
 extern char** environ;
@@ -24,9 +25,7 @@ namespace {
 class ModelStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    root_ = absl::StrCat(::testing::TempDir(), "/store_", ::getpid(), "_",
-                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    ASSERT_TRUE(RemoveTree(root_).ok());
+    root_ = testing::FreshTestDir("store");
     auto store = ModelStore::Open(root_);
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = std::move(*store);

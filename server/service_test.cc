@@ -14,6 +14,7 @@
 #include "core/dataset_io.h"
 #include "core/file_util.h"
 #include "core/model_store.h"
+#include "core/testing/test_dir.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "sae/v1/sae.grpc.pb.h"
@@ -33,9 +34,7 @@ constexpr auto Data = testing::RandomMatrix;
 class ServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    root_ = absl::StrCat(::testing::TempDir(), "/service_", ::getpid(), "_",
-                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    ASSERT_TRUE(RemoveTree(root_).ok());
+    root_ = sae::testing::FreshTestDir("service");
     ServerOptions options;
     options.listen_address = "127.0.0.1:0";
     options.security.plaintext = true;

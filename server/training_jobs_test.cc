@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "core/file_util.h"
+#include "core/testing/test_dir.h"
 #include "gtest/gtest.h"
 
 namespace sae::server {
@@ -81,9 +82,7 @@ TEST(TrainingJobsTest, WaitForChangeSeesProgressAndTheFinalState) {
 class JournaledJobsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    root_ = absl::StrCat(::testing::TempDir(), "/journaled_", ::getpid(), "_",
-                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    ASSERT_TRUE(RemoveTree(root_).ok());
+    root_ = sae::testing::FreshTestDir("journaled");
     absl::StatusOr<std::unique_ptr<ModelStore>> store = ModelStore::Open(root_ + "/models");
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = std::move(*store);
@@ -143,7 +142,9 @@ TEST_F(JournaledJobsTest, ForgottenJobsLeaveNoJournalBookkeeping) {
     absl::StatusOr<JobInfo> job = jobs.Submit(spec);
     ASSERT_TRUE(job.ok()) << job.status();
     JobInfo now = *job;
-    while (!IsFinal(now.state)) now = *jobs.WaitForChange(job->id, now.revision, absl::Seconds(10));
+    for (int waits = 0; waits < 1000 && !IsFinal(now.state); ++waits) {
+      now = *jobs.WaitForChange(job->id, now.revision, absl::Seconds(10));
+    }
     ASSERT_EQ(now.state, JobState::kSucceeded);
   }
   EXPECT_LE(jobs.List().size(), static_cast<size_t>(kKept + 1));
