@@ -7,7 +7,7 @@ SAE_SANITIZER_TESTS=(
   model_test objective_test optimizer_test safetensors_test store_watcher_test trainer_test
   auth_test bad_input_test batcher_test batching_rpc_test compute_pool_test crash_recovery_test
   load_faults_test
-  metrics_test
+  metrics_test model_registry_test
   service_test training_jobs_test
 )
 

@@ -1,6 +1,9 @@
 #include "server/model_registry.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <set>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "server/log.h"
@@ -29,12 +32,35 @@ int64_t ModelRegistry::loads() const {
   return loads_;
 }
 
+int64_t ModelRegistry::cached_versions() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(cache_.size());
+}
+
+void ModelRegistry::TrimCacheLocked() {
+  std::set<std::pair<std::string, int64_t>> pinned;
+  for (const auto& [name, e] : entries_) {
+    if (e.latest_good > 0) pinned.emplace(name, e.latest_good);
+    for (const auto& [label, version] : e.label_good) pinned.emplace(name, version);
+  }
+  std::vector<std::pair<uint64_t, std::pair<std::string, int64_t>>> others;
+  for (const auto& [key, cached] : cache_) {
+    if (!pinned.count(key)) others.emplace_back(cached.last_used, key);
+  }
+  if (others.size() <= static_cast<size_t>(kMaxOtherVersions)) return;
+  std::sort(others.begin(), others.end());
+  for (size_t i = 0; i + kMaxOtherVersions < others.size(); ++i) cache_.erase(others[i].second);
+}
+
 absl::StatusOr<std::shared_ptr<const Model>> ModelRegistry::LoadVersion(const std::string& name,
                                                                         int64_t version) {
   const auto key = std::make_pair(name, version);
   {
     absl::MutexLock lock(&mu_);
-    if (auto it = cache_.find(key); it != cache_.end()) return it->second;
+    if (auto it = cache_.find(key); it != cache_.end()) {
+      it->second.last_used = ++use_clock_;
+      return it->second.model;
+    }
     // Versions never change once published: a corrupt one stays refused.
     if (bad_versions_.count(key)) {
       return absl::DataLossError(absl::StrCat("model '", name, "' version ", version,
@@ -57,10 +83,13 @@ absl::StatusOr<std::shared_ptr<const Model>> ModelRegistry::LoadVersion(const st
     return loaded.status();
   }
   ++loads_;
-  auto [it, inserted] = cache_.emplace(key, loaded->model);
+  auto [it, inserted] = cache_.emplace(key, CachedModel{loaded->model, 0});
+  it->second.last_used = ++use_clock_;
   if (inserted && on_load_) on_load_(true);
   if (inserted) LogLine("model", absl::StrCat("loaded ", name, "@", version));
-  return it->second;
+  std::shared_ptr<const Model> model = it->second.model;
+  TrimCacheLocked();
+  return model;
 }
 
 absl::StatusOr<ServedModel> ModelRegistry::Get(const ModelRef& ref) {
@@ -81,7 +110,8 @@ absl::StatusOr<ServedModel> ModelRegistry::Get(const ModelRef& ref) {
     }
     if (known > 0) {
       if (auto it = cache_.find({ref.name, known}); it != cache_.end()) {
-        return ServedModel{it->second, known};
+        it->second.last_used = ++use_clock_;
+        return ServedModel{it->second.model, known};
       }
     }
   }

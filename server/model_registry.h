@@ -13,6 +13,11 @@
 // made through this server apply at once; versions published by training
 // jobs and by other replicas within one poll interval.
 //
+// Memory: the registry keeps loaded each model's latest good version and
+// every label's target, and besides them at most kMaxOtherVersions versions
+// asked for by number (the least recently used goes first; a request that
+// holds it keeps it alive). A version that left is loaded again when asked.
+//
 // Thread-safe. Lookups take a mutex briefly; model loading and all compute
 // happen outside it.
 #ifndef SAE_SERVER_MODEL_REGISTRY_H_
@@ -60,6 +65,10 @@ class ModelRegistry {
   // Counters for logs and metrics.
   int64_t reload_failures() const;
   int64_t loads() const;
+  // Versions held loaded now.
+  int64_t cached_versions() const;
+
+  static constexpr int kMaxOtherVersions = 4;
 
  private:
   struct ModelEntry {
@@ -71,12 +80,20 @@ class ModelRegistry {
                                                            int64_t version);
   void OnChanges(const std::vector<StoreChange>& changes);
   void Evict(const std::string& name, int64_t version);
+  // Drops the least recently used versions beyond kMaxOtherVersions that
+  // are neither a model's latest good version nor a label's target.
+  void TrimCacheLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  struct CachedModel {
+    std::shared_ptr<const Model> model;
+    uint64_t last_used = 0;  // use_clock_ at the last lookup
+  };
 
   ModelStore* const store_;
   const std::function<void(bool)> on_load_;
   mutable absl::Mutex mu_;
-  std::map<std::pair<std::string, int64_t>, std::shared_ptr<const Model>> cache_
-      ABSL_GUARDED_BY(mu_);
+  std::map<std::pair<std::string, int64_t>, CachedModel> cache_ ABSL_GUARDED_BY(mu_);
+  uint64_t use_clock_ ABSL_GUARDED_BY(mu_) = 0;
   std::set<std::pair<std::string, int64_t>> bad_versions_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, ModelEntry> entries_ ABSL_GUARDED_BY(mu_);
   int64_t reload_failures_ ABSL_GUARDED_BY(mu_) = 0;
