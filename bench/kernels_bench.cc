@@ -162,11 +162,11 @@ void BM_TopKTrainingStep(benchmark::State& state) {
   for (auto _ : state) {
     if (row_by_row) {
       o.BeginStep(c.weight_decay, c.unit_norm_decoder);
-      ComputeTopKLoss(c, p, x, x, &ws, &g,
-                      [&](int chunk, int64_t unit, const float* d_enc, const float* d_dec) {
-                        o.UpdateWeightRow(chunk, Optimizer::WeightRow::kEncoder, unit, d_enc, &p);
-                        o.UpdateWeightRow(chunk, Optimizer::WeightRow::kDecoder, unit, d_dec, &p);
-                      });
+      ComputeLossWithUnitSink(c, p, x, x, &ws, &g,
+                              [&](int64_t unit, const float* d_enc, const float* d_dec) {
+                                o.UpdateWeightRow(Optimizer::WeightRow::kEncoder, unit, d_enc, &p);
+                                o.UpdateWeightRow(Optimizer::WeightRow::kDecoder, unit, d_dec, &p);
+                              });
       o.UpdateBiases(g, &p);
     } else {
       ComputeLoss(c, p, x, x, &ws, &g);

@@ -248,7 +248,7 @@ LossTerms TopKLoss(const ModelConfig& config, const ParameterSet& params,
       grads->unit_touched[j] = begin < end;
       if (begin == end) {
         g_b_enc[j] = 0.0f;
-        if (sink != nullptr) (*sink)(chunk, j, nullptr, nullptr);
+        if (sink != nullptr) (*sink)(j, nullptr, nullptr);
         continue;
       }
       float* gd_data = g_w_dec.row(j).data();
@@ -263,13 +263,15 @@ LossTerms TopKLoss(const ModelConfig& config, const ParameterSet& params,
       Eigen::Map<RowVector> ge(ge_data, d_in);
       const auto wd = w_dec.row(j);
       if (j + 1 < j1) {
-        // The next unit's weight rows are read only after its entries are
-        // summed: ask for them now, while this unit computes.
-        const char* e = reinterpret_cast<const char*>(w_enc_t.row(j + 1).data());
-        const char* d = reinterpret_cast<const char*>(w_dec.row(j + 1).data());
-        for (int64_t b = 0; b < d_in * static_cast<int64_t>(sizeof(float)); b += 64) {
-          __builtin_prefetch(e + b);
-          __builtin_prefetch(d + b);
+        // The next unit's decoder row is read from its first entry on and
+        // its encoder row after its last: ask for both now, while this
+        // unit computes.
+        const char* rows[] = {reinterpret_cast<const char*>(w_enc_t.row(j + 1).data()),
+                              reinterpret_cast<const char*>(w_dec.row(j + 1).data())};
+        const int64_t bytes = d_in * static_cast<int64_t>(sizeof(float));
+        for (const char* row : rows) {
+          for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(row + b);
+          __builtin_prefetch(row + bytes - 1);  // the last line, when rows are not aligned
         }
       }
       float db = 0.0f;
@@ -289,7 +291,7 @@ LossTerms TopKLoss(const ModelConfig& config, const ParameterSet& params,
       }
       g_b_enc[j] = db;
       part -= db * w_enc_t.row(j).transpose();
-      if (sink != nullptr) (*sink)(chunk, j, ge_data, gd_data);
+      if (sink != nullptr) (*sink)(j, ge_data, gd_data);
     }
   });
   for (const Vector& part : partial_b_dec) {
@@ -329,18 +331,19 @@ LossTerms ComputeLoss(const ModelConfig& config, const ParameterSet& params,
   return DenseLoss(config, params, target, ws, grads);
 }
 
-LossTerms ComputeTopKLoss(const ModelConfig& config, const ParameterSet& params,
-                          ConstMatrixRef input, ConstMatrixRef target,
-                          ObjectiveWorkspace* workspace, Gradients* grads,
-                          UnitGradientSink sink) {
+LossTerms ComputeLossWithUnitSink(const ModelConfig& config, const ParameterSet& params,
+                                  ConstMatrixRef input, ConstMatrixRef target,
+                                  ObjectiveWorkspace* workspace, Gradients* grads,
+                                  UnitGradientSink sink) {
+  if (grads == nullptr) return ComputeLoss(config, params, input, target, workspace, nullptr);
   if (config.activation != Activation::kTopK) {
     // Dense gradients come from GEMMs: hand their rows over afterwards.
     const LossTerms t = ComputeLoss(config, params, input, target, workspace, grads);
     if (!std::isfinite(t.total)) return t;
-    ParallelFor(config.d_hidden, 64, [&](int chunk, int64_t j0, int64_t j1) {
+    ParallelFor(config.d_hidden, 64, [&](int, int64_t j0, int64_t j1) {
       for (int64_t j = j0; j < j1; ++j) {
         const bool touched = grads->unit_touched[j] != 0;
-        sink(chunk, j, touched ? grads->values.w_enc_t().row(j).data() : nullptr,
+        sink(j, touched ? grads->values.w_enc_t().row(j).data() : nullptr,
              touched ? grads->values.w_dec().row(j).data() : nullptr);
       }
     });

@@ -58,7 +58,7 @@ struct ObjectiveWorkspace {
   // TopK: active entries grouped by unit (counting sort), see TopKLoss.
   std::vector<int64_t> unit_start, unit_fill;
   std::vector<int32_t> by_unit;
-  // ComputeTopKLoss: per chunk, one unit's two gradient rows.
+  // ComputeLossWithUnitSink (TopK): per chunk, one unit's two gradient rows.
   std::vector<std::vector<float>> unit_rows;
 };
 
@@ -76,24 +76,27 @@ LossTerms ComputeLoss(const ModelConfig& config, const ParameterSet& params,
 // Receives one unit's weight-row gradients as the TopK backward pass makes
 // them: d_enc for its w_enc_t row, d_dec for its w_dec row (d_in values
 // each, valid during the call only), both nullptr for a unit that fired
-// for no row. Called once per unit, concurrently for distinct units, with
-// `chunk` in [0, Parallelism()). The pass has finished reading the unit's
-// rows of `params` when it calls, so the sink may update them in place
+// for no row. Called once per unit, concurrently for distinct units. The
+// pass has finished reading the unit's rows of `params` when it calls, and
+// no other unit reads them, so the sink may update them in place
 // (Optimizer::UpdateWeightRow) while other units are still being computed.
 using UnitGradientSink =
-    absl::FunctionRef<void(int chunk, int64_t unit, const float* d_enc, const float* d_dec)>;
+    absl::FunctionRef<void(int64_t unit, const float* d_enc, const float* d_dec)>;
 
-// ComputeLoss with the weight rows' gradients handed to `sink`. For TopK
-// they are made one unit at a time and handed over instead of stored in
-// `grads` (only its biases and unit_touched are written), so that an
-// optimizer applies each row while it is in cache; the values are bitwise
-// those ComputeLoss stores. Other activations get their gradients from
+// ComputeLoss with the weight rows' gradients handed to `sink` (`grads`
+// must not be null). For TopK they are made one unit at a time and handed
+// over instead of stored: only grads' biases and unit_touched are written,
+// and its weight rows are stale (not for Optimizer::Step). The values are
+// bitwise those ComputeLoss stores (optimizer_test; this rests on the
+// build not contracting a * b + c into FMA, which ISO C++ mode, the
+// project's, does not do). Other activations get their gradients from
 // GEMMs: ComputeLoss fills `grads` and the rows are handed over afterwards.
-// When the loss is not finite the sink is not called.
-LossTerms ComputeTopKLoss(const ModelConfig& config, const ParameterSet& params,
-                          ConstMatrixRef input, ConstMatrixRef target,
-                          ObjectiveWorkspace* workspace, Gradients* grads,
-                          UnitGradientSink sink);
+// When the loss is not finite the sink is not called and `grads` is stale.
+// `params` may change during the call, through the sink only.
+LossTerms ComputeLossWithUnitSink(const ModelConfig& config, const ParameterSet& params,
+                                  ConstMatrixRef input, ConstMatrixRef target,
+                                  ObjectiveWorkspace* workspace, Gradients* grads,
+                                  UnitGradientSink sink);
 
 }  // namespace sae
 

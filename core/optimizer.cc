@@ -19,10 +19,11 @@ absl::Status Bad(absl::string_view field, absl::string_view why) {
 bool InUnitInterval(float x) { return x >= 0.0f && x < 1.0f; }
 
 // The gradient of a run, projected off the row when asked: g - (g.w) w.
-// Returns the pointer to use (g itself, or `scratch`).
-const float* ProjectedGradient(const float* g, const float* w, int64_t n,
-                               bool project, std::vector<float>& scratch) {
+// Returns the pointer to use: g itself, or this thread's scratch row, valid
+// until its next call.
+const float* ProjectedGradient(const float* g, const float* w, int64_t n, bool project) {
   if (!project) return g;
+  thread_local std::vector<float> scratch;
   // Eigen's reductions use several accumulators (vectorised); a plain loop
   // would be one serial dependency chain.
   const float dot = Eigen::Map<const Vector>(g, n).dot(Eigen::Map<const Vector>(w, n));
@@ -156,7 +157,7 @@ void Optimizer::Step(const Gradients& grads, float weight_decay,
   const float* g_all = grads.values.flat().data();
   // Item j < d_h is unit j's encoder row, d_h + j its decoder row, 2 * d_h
   // the biases. Rows are independent, so they are spread over threads.
-  ParallelFor(2 * d_h + 1, 64, [&](int chunk, int64_t i0, int64_t i1) {
+  ParallelFor(2 * d_h + 1, 64, [&](int, int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       if (i == 2 * d_h) {
         UpdateBiases(grads, params);
@@ -164,8 +165,7 @@ void Optimizer::Step(const Gradients& grads, float weight_decay,
       }
       const int64_t j = i % d_h;
       const float* g = grads.unit_touched[j] != 0 ? g_all + i * d_in : nullptr;
-      UpdateWeightRow(chunk, i < d_h ? WeightRow::kEncoder : WeightRow::kDecoder,
-                      j, g, params);
+      UpdateWeightRow(i < d_h ? WeightRow::kEncoder : WeightRow::kDecoder, j, g, params);
     }
   });
 }
@@ -175,20 +175,17 @@ void Optimizer::BeginStep(float weight_decay, bool unit_norm_decoder) {
   ++steps_taken_;
   decay_ = 1.0f - lr * weight_decay;
   unit_norm_decoder_ = unit_norm_decoder;
-  scratch_.resize(static_cast<size_t>(Parallelism()));
   PrepareStep(lr);
 }
 
-void Optimizer::UpdateWeightRow(int chunk, WeightRow which, int64_t unit,
-                                const float* grad, ParameterSet* params) {
+void Optimizer::UpdateWeightRow(WeightRow which, int64_t unit, const float* grad,
+                                ParameterSet* params) {
   const int64_t d_in = params->d_in();
   const int64_t offset =
       (which == WeightRow::kEncoder ? unit : params->d_hidden() + unit) * d_in;
   float* w = params->flat().data() + offset;
   const bool sphere = unit_norm_decoder_ && which == WeightRow::kDecoder;
-  const float* g = grad != nullptr ? ProjectedGradient(grad, w, d_in, sphere,
-                                                       scratch_[chunk])
-                                   : nullptr;
+  const float* g = grad != nullptr ? ProjectedGradient(grad, w, d_in, sphere) : nullptr;
   UpdateRun(w, g, offset, d_in, decay_);
   if (sphere) NormalizeRun(w, d_in);
 }

@@ -6,7 +6,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <vector>
 #include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
@@ -54,17 +53,17 @@ class Optimizer {
             ParameterSet* params);
 
   // Step in parts, for an objective that hands over each unit's gradient
-  // rows as it makes them (ComputeLoss with a UnitGradientSink), so that the
-  // update reads them from cache instead of from a gradient buffer: call
-  // BeginStep, then UpdateWeightRow once for each of the 2 * d_hidden weight
-  // rows, then UpdateBiases. The result is bitwise that of Step.
-  // UpdateWeightRow may be called concurrently for distinct rows, each
-  // caller with its own `chunk` in [0, Parallelism()) (a ParallelFor chunk
-  // index); `grad` is the row's d_in gradient values, nullptr for zero.
+  // rows as it makes them (ComputeLossWithUnitSink), so that the update
+  // reads them from cache instead of from a gradient buffer: call BeginStep,
+  // then UpdateWeightRow once for each of the 2 * d_hidden weight rows, then
+  // UpdateBiases. The result is bitwise that of Step. UpdateWeightRow may be
+  // called concurrently for distinct rows; `grad` is the row's d_in
+  // gradient values, nullptr for zero. A step begun must be finished: the
+  // step count and warm-up advance in BeginStep.
   enum class WeightRow { kEncoder, kDecoder };  // w_enc_t's row, w_dec's row
   void BeginStep(float weight_decay, bool unit_norm_decoder);
-  void UpdateWeightRow(int chunk, WeightRow which, int64_t unit,
-                       const float* grad, ParameterSet* params);
+  void UpdateWeightRow(WeightRow which, int64_t unit, const float* grad,
+                       ParameterSet* params);
   void UpdateBiases(const Gradients& grads, ParameterSet* params);
 
   int64_t steps_taken() const { return steps_taken_; }
@@ -88,7 +87,6 @@ class Optimizer {
  private:
   float decay_ = 1.0f;  // this step's weight decay factor
   bool unit_norm_decoder_ = false;
-  std::vector<std::vector<float>> scratch_;  // one per chunk
 };
 
 }  // namespace sae

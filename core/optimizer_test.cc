@@ -3,11 +3,15 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <random>
+#include <set>
+#include <thread>
 #include <vector>
 
 #include "core/model.h"
 #include "core/objective.h"
+#include "core/parallel.h"
 #include "gtest/gtest.h"
 
 namespace sae {
@@ -145,10 +149,11 @@ TEST(OptimizerTest, UnitNormDecoderStaysOnTheSphere) {
 }
 
 // Steps a model twice from the same start: once with ComputeLoss and Step,
-// once with ComputeTopKLoss handing each unit's rows to UpdateWeightRow as
-// the trainer does. d_in = 37 puts the rows at every alignment.
+// once with ComputeLossWithUnitSink handing each unit's rows to
+// UpdateWeightRow as the trainer does. d_in = 37 puts the rows at every
+// alignment; 256 units are enough for the backward to split over threads.
 void ExpectRowByRowStepsEqualStep(Activation activation, OptimizerKind kind) {
-  ModelConfig c = DefaultConfig(37, 96, activation);
+  ModelConfig c = DefaultConfig(37, 256, activation);
   c.k = 5;
   c.l1_coefficient = 0.01f;
   c.weight_decay = 0.01f;
@@ -174,15 +179,22 @@ void ExpectRowByRowStepsEqualStep(Activation activation, OptimizerKind kind) {
     Optimizer& opt = **step_by_row;
     opt.BeginStep(c.weight_decay, c.unit_norm_decoder);
     std::vector<std::atomic<int>> calls(static_cast<size_t>(c.d_hidden));
-    const LossTerms u = ComputeTopKLoss(
+    std::mutex threads_mu;
+    std::set<std::thread::id> threads;
+    const LossTerms u = ComputeLossWithUnitSink(
         c, by_row, x, x, &ws_by_row, &g_by_row,
-        [&](int chunk, int64_t unit, const float* d_enc, const float* d_dec) {
+        [&](int64_t unit, const float* d_enc, const float* d_dec) {
           ++calls[unit];
-          opt.UpdateWeightRow(chunk, Optimizer::WeightRow::kEncoder, unit, d_enc, &by_row);
-          opt.UpdateWeightRow(chunk, Optimizer::WeightRow::kDecoder, unit, d_dec, &by_row);
+          {
+            std::lock_guard<std::mutex> l(threads_mu);
+            threads.insert(std::this_thread::get_id());
+          }
+          opt.UpdateWeightRow(Optimizer::WeightRow::kEncoder, unit, d_enc, &by_row);
+          opt.UpdateWeightRow(Optimizer::WeightRow::kDecoder, unit, d_dec, &by_row);
         });
     opt.UpdateBiases(g_by_row, &by_row);
     EXPECT_EQ(t.total, u.total) << "step " << step;
+    if (Parallelism() > 1) EXPECT_GT(threads.size(), 1u) << "the units ran on one thread";
     for (int64_t j = 0; j < c.d_hidden; ++j) {
       ASSERT_EQ(calls[j].load(), 1) << "unit " << j << ", step " << step;
     }

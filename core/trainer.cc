@@ -210,11 +210,11 @@ absl::StatusOr<TrainingResult> Train(const ModelConfig& config_in,
         // made their gradients (bitwise the same as Step; saves writing and
         // re-reading a gradient buffer of the size of the weights).
         opt.BeginStep(config.weight_decay, config.unit_norm_decoder);
-        terms = ComputeTopKLoss(
+        terms = ComputeLossWithUnitSink(
             config, params, input, clean, &workspace, &grads,
-            [&](int chunk, int64_t unit, const float* d_enc, const float* d_dec) {
-              opt.UpdateWeightRow(chunk, Optimizer::WeightRow::kEncoder, unit, d_enc, &params);
-              opt.UpdateWeightRow(chunk, Optimizer::WeightRow::kDecoder, unit, d_dec, &params);
+            [&](int64_t unit, const float* d_enc, const float* d_dec) {
+              opt.UpdateWeightRow(Optimizer::WeightRow::kEncoder, unit, d_enc, &params);
+              opt.UpdateWeightRow(Optimizer::WeightRow::kDecoder, unit, d_dec, &params);
             });
       } else {
         terms = ComputeLoss(config, params, input, clean, &workspace, &grads);
