@@ -75,20 +75,20 @@ void SelectRowWithHeap(const float* row, int64_t cols, int64_t k,
 // at least k values are >= T, so the k-th largest value is >= T and only
 // values >= T (found in the few blocks whose maximum reaches T) can be
 // among the top k. Exact, including ties (they are all kept as candidates
-// and ordered by index).
+// and ordered by index). Any split into blocks works; block j here is the
+// columns j, j + blocks, j + 2 * blocks, ..., so that all the maxima come
+// from element-wise maxima of contiguous slices (vectorised, no horizontal
+// reductions).
 void SelectRowWithBlocks(const float* row, int64_t cols, int64_t k,
                          std::vector<float>& block_max,
                          std::vector<float>& scratch,
                          std::vector<Candidate>& candidates) {
-  const int64_t full = cols / kBlock;
   const int64_t blocks = (cols + kBlock - 1) / kBlock;
-  block_max.resize(static_cast<size_t>(blocks));
-  for (int64_t b = 0; b < full; ++b) {
-    block_max[b] =
-        Eigen::Map<const Eigen::Array<float, kBlock, 1>>(row + b * kBlock).maxCoeff();
-  }
-  if (full < blocks) {
-    block_max[full] = *std::max_element(row + full * kBlock, row + cols);
+  block_max.assign(row, row + blocks);
+  Eigen::Map<Eigen::ArrayXf> maxima(block_max.data(), blocks);
+  for (int64_t start = blocks; start < cols; start += blocks) {
+    const int64_t n = std::min(blocks, cols - start);
+    maxima.head(n) = maxima.head(n).max(Eigen::Map<const Eigen::ArrayXf>(row + start, n));
   }
   scratch.assign(block_max.begin(), block_max.end());
   std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end(),
@@ -97,8 +97,7 @@ void SelectRowWithBlocks(const float* row, int64_t cols, int64_t k,
   candidates.clear();
   for (int64_t b = 0; b < blocks; ++b) {
     if (!(block_max[b] >= bound)) continue;
-    const int64_t end = std::min(cols, (b + 1) * kBlock);
-    for (int64_t c = b * kBlock; c < end; ++c) {
+    for (int64_t c = b; c < cols; c += blocks) {
       if (row[c] >= bound) candidates.push_back({row[c], static_cast<int32_t>(c)});
     }
   }
