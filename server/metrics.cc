@@ -80,6 +80,7 @@ struct Metrics::Families {
   prometheus::Gauge* training_rows_per_s;
   prometheus::Counter* loads;
   prometheus::Counter* load_failures;
+  prometheus::Gauge* models_loaded;
 };
 
 absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Start(const std::string& listen) {
@@ -138,6 +139,8 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Start(const std::string& liste
                  .Help("Model versions loaded and verified").Register(r).Add({});
   f.load_failures = &prometheus::BuildCounter().Name("sae_model_reload_failures_total")
                          .Help("Model versions refused at load (corrupt files)").Register(r).Add({});
+  f.models_loaded = &prometheus::BuildGauge().Name("sae_models_loaded")
+                         .Help("Model versions held loaded now").Register(r).Add({});
   Metrics* raw = m.get();
   m->http_thread_ = std::thread([raw] { raw->ServeHttp(); });
   return m;
@@ -209,6 +212,10 @@ void Metrics::RecordJobState(const std::string& state) {
 
 void Metrics::SetTrainingRowsPerSecond(double rows_per_s) { f_->training_rows_per_s->Set(rows_per_s); }
 void Metrics::SetRunningJobs(int64_t n) { f_->running_jobs->Set(static_cast<double>(n)); }
+
+void Metrics::SetModelsLoaded(int64_t versions) {
+  f_->models_loaded->Set(static_cast<double>(versions));
+}
 
 void Metrics::RecordModelLoad(bool ok) {
   if (ok) {

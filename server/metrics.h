@@ -40,6 +40,7 @@ class Metrics {
   void SetTrainingRowsPerSecond(double rows_per_s);
   void SetRunningJobs(int64_t n);
   void RecordModelLoad(bool ok);
+  void SetModelsLoaded(int64_t versions);
 
  private:
   Metrics() = default;

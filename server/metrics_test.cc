@@ -88,6 +88,7 @@ TEST(MetricsTest, ScrapeShowsCountersMoving) {
   EXPECT_GT(Sample(after, "sae_training_rows_per_second", {}), 0);
   EXPECT_GE(Sample(after, "sae_model_loads_total", {}), 1);
   EXPECT_EQ(Sample(after, "sae_model_reload_failures_total", {}), 0);
+  EXPECT_EQ(Sample(after, "sae_models_loaded", {}), 1);
   server->reset();
   RemoveTree(root).IgnoreError();
 }

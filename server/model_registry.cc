@@ -11,8 +11,9 @@
 namespace sae::server {
 
 ModelRegistry::ModelRegistry(ModelStore* store, std::chrono::milliseconds reload_interval,
-                             std::function<void(bool)> on_load)
-    : store_(store), on_load_(std::move(on_load)) {
+                             std::function<void(bool)> on_load,
+                             std::function<void(int64_t)> on_held)
+    : store_(store), on_load_(std::move(on_load)), on_held_(std::move(on_held)) {
   if (reload_interval.count() > 0) {
     watcher_ = std::make_unique<StoreWatcher>(
         store_, reload_interval,
@@ -89,6 +90,7 @@ absl::StatusOr<std::shared_ptr<const Model>> ModelRegistry::LoadVersion(const st
   if (inserted) LogLine("model", absl::StrCat("loaded ", name, "@", version));
   std::shared_ptr<const Model> model = it->second.model;
   TrimCacheLocked();
+  if (on_held_) on_held_(static_cast<int64_t>(cache_.size()));
   return model;
 }
 
@@ -149,6 +151,7 @@ void ModelRegistry::Evict(const std::string& name, int64_t version) {
   absl::MutexLock lock(&mu_);
   cache_.erase({name, version});
   bad_versions_.erase({name, version});
+  if (on_held_) on_held_(static_cast<int64_t>(cache_.size()));
 }
 
 void ModelRegistry::OnChanges(const std::vector<StoreChange>& changes) {

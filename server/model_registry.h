@@ -49,9 +49,12 @@ class ModelRegistry {
  public:
   // `store` must outlive the registry. reload_interval 0 disables polling.
   // `on_load` (optional) hears of every version load: true when it loaded,
-  // false when it was refused as corrupt.
+  // false when it was refused as corrupt. `on_held` (optional) hears the
+  // number of versions held loaded whenever it changes. Both are called
+  // under the registry's lock: they must be quick and must not call back.
   ModelRegistry(ModelStore* store, std::chrono::milliseconds reload_interval,
-                std::function<void(bool ok)> on_load = nullptr);
+                std::function<void(bool ok)> on_load = nullptr,
+                std::function<void(int64_t held)> on_held = nullptr);
   ~ModelRegistry();
 
   // The model `ref` names. NOT_FOUND for unknown models, versions, labels;
@@ -91,6 +94,7 @@ class ModelRegistry {
 
   ModelStore* const store_;
   const std::function<void(bool)> on_load_;
+  const std::function<void(int64_t)> on_held_;
   mutable absl::Mutex mu_;
   std::map<std::pair<std::string, int64_t>, CachedModel> cache_ ABSL_GUARDED_BY(mu_);
   uint64_t use_clock_ ABSL_GUARDED_BY(mu_) = 0;

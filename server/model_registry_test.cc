@@ -39,7 +39,9 @@ class ModelRegistryTest : public ::testing::Test {
 TEST_F(ModelRegistryTest, HoldsABoundedNumberOfOldVersions) {
   constexpr int kVersions = 12;
   for (int v = 1; v <= kVersions; ++v) ASSERT_EQ(Publish(static_cast<float>(v)), v);
-  ModelRegistry registry(store_.get(), std::chrono::milliseconds(0));
+  int64_t held = -1;  // as on_held last told it
+  ModelRegistry registry(store_.get(), std::chrono::milliseconds(0), nullptr,
+                         [&held](int64_t n) { held = n; });
   absl::StatusOr<ServedModel> latest = registry.Get(ModelRef::Latest("m"));
   ASSERT_TRUE(latest.ok()) << latest.status();
   EXPECT_EQ(latest->version, kVersions);
@@ -50,6 +52,7 @@ TEST_F(ModelRegistryTest, HoldsABoundedNumberOfOldVersions) {
     ASSERT_TRUE(served.ok()) << served.status();
     EXPECT_EQ(served->model->weights().b_dec[0], static_cast<float>(v));
     EXPECT_LE(registry.cached_versions(), 1 + ModelRegistry::kMaxOtherVersions);
+    EXPECT_EQ(held, registry.cached_versions());
   }
   // Version 1 left the registry, but the caller's copy is whole.
   EXPECT_EQ(first->model->weights().b_dec[0], 1.0f);

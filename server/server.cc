@@ -130,7 +130,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   impl->datasets = std::move(*datasets);
   impl->registry = std::make_unique<ModelRegistry>(
       impl->store.get(), options.reload_interval,
-      metrics == nullptr ? std::function<void(bool)>() : [metrics](bool ok) { metrics->RecordModelLoad(ok); });
+      metrics == nullptr ? std::function<void(bool)>() : [metrics](bool ok) { metrics->RecordModelLoad(ok); },
+      metrics == nullptr ? std::function<void(int64_t)>()
+                         : [metrics](int64_t held) { metrics->SetModelsLoaded(held); });
   // Only a server that trains keeps a journal of its jobs.
   std::unique_ptr<JobJournal> journal;
   if (options.accept_training) {
