@@ -161,13 +161,7 @@ void BM_TopKTrainingStep(benchmark::State& state) {
   Optimizer& o = **opt;
   for (auto _ : state) {
     if (row_by_row) {
-      o.BeginStep(c.weight_decay, c.unit_norm_decoder);
-      ComputeLossWithUnitSink(c, p, x, x, &ws, &g,
-                              [&](int64_t unit, const float* d_enc, const float* d_dec) {
-                                o.UpdateWeightRow(Optimizer::WeightRow::kEncoder, unit, d_enc, &p);
-                                o.UpdateWeightRow(Optimizer::WeightRow::kDecoder, unit, d_dec, &p);
-                              });
-      o.UpdateBiases(g, &p);
+      o.ComputeLossAndStep(c, x, x, &ws, &g, &p);
     } else {
       ComputeLoss(c, p, x, x, &ws, &g);
       o.Step(g, c.weight_decay, c.unit_norm_decoder, &p);

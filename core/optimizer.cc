@@ -197,6 +197,20 @@ void Optimizer::UpdateBiases(const Gradients& grads, ParameterSet* params) {
             offset, n, 1.0f);
 }
 
+LossTerms Optimizer::ComputeLossAndStep(const ModelConfig& config, ConstMatrixRef input,
+                                        ConstMatrixRef target, ObjectiveWorkspace* workspace,
+                                        Gradients* grads, ParameterSet* params) {
+  BeginStep(config.weight_decay, config.unit_norm_decoder);
+  const LossTerms terms = ComputeLossWithUnitSink(
+      config, *params, input, target, workspace, grads,
+      [&](int64_t unit, const float* d_enc, const float* d_dec) {
+        UpdateWeightRow(WeightRow::kEncoder, unit, d_enc, params);
+        UpdateWeightRow(WeightRow::kDecoder, unit, d_dec, params);
+      });
+  if (std::isfinite(terms.total)) UpdateBiases(*grads, params);
+  return terms;
+}
+
 float Optimizer::CurrentLearningRate() const {
   if (options_.warmup_steps <= 0 || steps_taken_ >= options_.warmup_steps) {
     return options_.learning_rate;

@@ -66,6 +66,15 @@ class Optimizer {
                        ParameterSet* params);
   void UpdateBiases(const Gradients& grads, ParameterSet* params);
 
+  // A whole training step done that way: the loss of `input` against
+  // `target` (ComputeLossWithUnitSink, with `grads` and `workspace` as its
+  // scratch) and its gradient applied row by row to `params`. Bitwise
+  // ComputeLoss then Step. Returns the loss terms; when the loss is not
+  // finite no weight is changed (but the step is counted).
+  LossTerms ComputeLossAndStep(const ModelConfig& config, ConstMatrixRef input,
+                               ConstMatrixRef target, ObjectiveWorkspace* workspace,
+                               Gradients* grads, ParameterSet* params);
+
   int64_t steps_taken() const { return steps_taken_; }
   // The learning rate the next step will use (after warm-up scaling).
   float CurrentLearningRate() const;

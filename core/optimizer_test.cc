@@ -150,7 +150,7 @@ TEST(OptimizerTest, UnitNormDecoderStaysOnTheSphere) {
 
 // Steps a model twice from the same start: once with ComputeLoss and Step,
 // once with ComputeLossWithUnitSink handing each unit's rows to
-// UpdateWeightRow as the trainer does. d_in = 37 puts the rows at every
+// UpdateWeightRow as ComputeLossAndStep (the trainer's step) does. d_in = 37 puts the rows at every
 // alignment; 256 units are enough for the backward to split over threads.
 void ExpectRowByRowStepsEqualStep(Activation activation, OptimizerKind kind) {
   ModelConfig c = DefaultConfig(37, 256, activation);

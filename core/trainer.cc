@@ -202,32 +202,15 @@ absl::StatusOr<TrainingResult> Train(const ModelConfig& config_in,
         if (noisy.rows() != n) noisy.resize(n, config.d_in);
         Corrupt(corruption, clean, noise_rng, noisy);
       }
-      ConstMatrixRef input = corrupt ? noisy : clean;
-      Optimizer& opt = **optimizer;
-      LossTerms terms;
-      if (config.activation == Activation::kTopK) {
-        // Each unit's rows are updated as soon as the backward pass has
-        // made their gradients (bitwise the same as Step; saves writing and
-        // re-reading a gradient buffer of the size of the weights).
-        opt.BeginStep(config.weight_decay, config.unit_norm_decoder);
-        terms = ComputeLossWithUnitSink(
-            config, params, input, clean, &workspace, &grads,
-            [&](int64_t unit, const float* d_enc, const float* d_dec) {
-              opt.UpdateWeightRow(Optimizer::WeightRow::kEncoder, unit, d_enc, &params);
-              opt.UpdateWeightRow(Optimizer::WeightRow::kDecoder, unit, d_dec, &params);
-            });
-      } else {
-        terms = ComputeLoss(config, params, input, clean, &workspace, &grads);
-      }
+      // For TopK each unit's rows are updated as soon as the backward pass
+      // has made their gradients (bitwise the same as ComputeLoss + Step;
+      // saves writing and re-reading a gradient the size of the weights).
+      const LossTerms terms = (*optimizer)->ComputeLossAndStep(
+          config, corrupt ? noisy : clean, clean, &workspace, &grads, &params);
       if (!std::isfinite(terms.total)) {
         return absl::FailedPreconditionError(absl::StrCat(
             "training diverged at step ", step,
             " (loss is not finite); lower optimizer.learning_rate"));
-      }
-      if (config.activation == Activation::kTopK) {
-        opt.UpdateBiases(grads, &params);
-      } else {
-        opt.Step(grads, config.weight_decay, config.unit_norm_decoder, &params);
       }
 
       rows_seen += n;
