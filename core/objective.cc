@@ -266,10 +266,10 @@ LossTerms TopKLoss(const ModelConfig& config, const ParameterSet& params,
         // The next unit's decoder row is read from its first entry on and
         // its encoder row after its last: ask for both now, while this
         // unit computes.
-        const char* rows[] = {reinterpret_cast<const char*>(w_enc_t.row(j + 1).data()),
-                              reinterpret_cast<const char*>(w_dec.row(j + 1).data())};
+        const char* next_rows[] = {reinterpret_cast<const char*>(w_enc_t.row(j + 1).data()),
+                                   reinterpret_cast<const char*>(w_dec.row(j + 1).data())};
         const int64_t bytes = d_in * static_cast<int64_t>(sizeof(float));
-        for (const char* row : rows) {
+        for (const char* row : next_rows) {
           for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(row + b);
           __builtin_prefetch(row + bytes - 1);  // the last line, when rows are not aligned
         }
