@@ -101,15 +101,6 @@ absl::StatusOr<ClientSecurity> LoadClientSecurity(bool tls, const std::string& c
     return absl::InvalidArgumentError(
         "--tls-cert and --tls-key go together (a client certificate and its key)");
   }
-  auto read = [](const std::string& path, const char* flag, std::string* out) -> absl::Status {
-    if (path.empty()) return absl::OkStatus();
-    absl::StatusOr<std::string> text = ReadSmallFile(path, 1 << 20);
-    if (!text.ok()) {
-      return absl::Status(text.status().code(), absl::StrCat(flag, ": ", text.status().message()));
-    }
-    *out = std::move(*text);
-    return absl::OkStatus();
-  };
   for (const auto& [path, flag, pem] :
        {std::tuple{&ca_file, "--tls-ca", &security.ca_pem},
         std::tuple{&cert_file, "--tls-cert", &security.cert_pem},
@@ -120,9 +111,12 @@ absl::StatusOr<ClientSecurity> LoadClientSecurity(bool tls, const std::string& c
     *pem = std::move(*text);
   }
   if (!token_file.empty()) {
-    std::string token;
-    if (absl::Status s = read(token_file, "--token-file", &token); !s.ok()) return s;
-    token = std::string(absl::StripAsciiWhitespace(token));
+    absl::StatusOr<std::string> text = ReadSmallFile(token_file, 1 << 20);
+    if (!text.ok()) {
+      return absl::Status(text.status().code(),
+                          absl::StrCat("--token-file: ", text.status().message()));
+    }
+    std::string token(absl::StripAsciiWhitespace(*text));
     if (token.empty() || token.find_first_of(" \t\r\n") != std::string::npos) {
       return absl::InvalidArgumentError(
           "--token-file must hold one token (without spaces), and nothing else");
