@@ -2,9 +2,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
+#include <limits>
 #include <utility>
 #include <vector>
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 namespace sae {
 
@@ -71,18 +77,83 @@ void SelectRowWithHeap(const float* row, int64_t cols, int64_t k,
   }
 }
 
+// Maps a float to an int32 whose signed order is the float's order (NaNs
+// land beyond the infinities).
+inline int32_t OrderedKey(float v) {
+  int32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  return bits ^ ((bits >> 31) & 0x7fffffff);
+}
+
+inline float FromOrderedKey(int32_t key) {
+  const int32_t bits = key ^ ((key >> 31) & 0x7fffffff);
+  float v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+
+// The k-th largest of keys[0, n) (1 <= k <= n), by binary search on the key
+// value: each probe is one vectorised counting pass, so no data moves.
+int32_t KthLargestKey(const int32_t* keys, int64_t n, int64_t k) {
+  int64_t lo = std::numeric_limits<int32_t>::min();  // count(>= lo) >= k
+  int64_t hi = static_cast<int64_t>(std::numeric_limits<int32_t>::max()) + 1;  // count(>= hi) < k
+  while (hi - lo > 1) {
+    const int32_t mid = static_cast<int32_t>(lo + (hi - lo) / 2);
+    int32_t count = 0;
+    for (int64_t i = 0; i < n; ++i) count += keys[i] >= mid;
+    if (count >= k) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  return static_cast<int32_t>(lo);
+}
+
+// Appends every column c of row with row[c] >= bound, in ascending order.
+void AppendAtLeast(const float* row, int64_t cols, float bound,
+                   std::vector<Candidate>& out) {
+  int64_t c = 0;
+#if defined(__AVX512F__)
+  const __m512 b = _mm512_set1_ps(bound);
+  for (; c + 16 <= cols; c += 16) {
+    uint32_t mask = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + c), b, _CMP_GE_OQ);
+    for (; mask != 0; mask &= mask - 1) {
+      const int64_t i = c + __builtin_ctz(mask);
+      out.push_back({row[i], static_cast<int32_t>(i)});
+    }
+  }
+#elif defined(__AVX__)
+  const __m256 b = _mm256_set1_ps(bound);
+  for (; c + 8 <= cols; c += 8) {
+    uint32_t mask = static_cast<uint32_t>(
+        _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(row + c), b, _CMP_GE_OQ)));
+    for (; mask != 0; mask &= mask - 1) {
+      const int64_t i = c + __builtin_ctz(mask);
+      out.push_back({row[i], static_cast<int32_t>(i)});
+    }
+  }
+#endif
+  for (; c < cols; ++c) {
+    if (row[c] >= bound) out.push_back({row[c], static_cast<int32_t>(c)});
+  }
+}
+
 // Block-maximum pruning. With T the k-th largest of the per-block maxima,
 // at least k values are >= T, so the k-th largest value is >= T and only
-// values >= T (found in the few blocks whose maximum reaches T) can be
-// among the top k. Exact, including ties (they are all kept as candidates
-// and ordered by index). Any split into blocks works; block j here is the
-// columns j, j + blocks, j + 2 * blocks, ..., so that all the maxima come
-// from element-wise maxima of contiguous slices (vectorised, no horizontal
-// reductions).
-void SelectRowWithBlocks(const float* row, int64_t cols, int64_t k,
+// values >= T can be among the top k. Any split into blocks works; block j
+// here is the columns j, j + blocks, j + 2 * blocks, ..., so that all the
+// maxima come from element-wise maxima of contiguous slices (vectorised, no
+// horizontal reductions). The candidates (values >= T) are then gathered in
+// one vectorised pass, in ascending column order, and the k strongest kept
+// in that order: ties at the k-th value go to the lower index.
+// Returns false, having written nothing, when fewer than k values compare
+// >= T (only possible with NaNs in the row).
+bool SelectRowWithBlocks(const float* row, int64_t cols, int64_t k,
                          std::vector<float>& block_max,
-                         std::vector<float>& scratch,
-                         std::vector<Candidate>& candidates) {
+                         std::vector<int32_t>& keys,
+                         std::vector<Candidate>& candidates, int32_t* out_idx,
+                         float* out_val) {
   const int64_t blocks = (cols + kBlock - 1) / kBlock;
   block_max.assign(row, row + blocks);
   Eigen::Map<Eigen::ArrayXf> maxima(block_max.data(), blocks);
@@ -90,19 +161,35 @@ void SelectRowWithBlocks(const float* row, int64_t cols, int64_t k,
     const int64_t n = std::min(blocks, cols - start);
     maxima.head(n) = maxima.head(n).max(Eigen::Map<const Eigen::ArrayXf>(row + start, n));
   }
-  scratch.assign(block_max.begin(), block_max.end());
-  std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end(),
-                   std::greater<float>());
-  const float bound = scratch[k - 1];
+  keys.resize(static_cast<size_t>(blocks));
+  for (int64_t b = 0; b < blocks; ++b) keys[b] = OrderedKey(block_max[b]);
+  const float bound = FromOrderedKey(KthLargestKey(keys.data(), blocks, k));
   candidates.clear();
-  for (int64_t b = 0; b < blocks; ++b) {
-    if (!(block_max[b] >= bound)) continue;
-    for (int64_t c = b; c < cols; c += blocks) {
-      if (row[c] >= bound) candidates.push_back({row[c], static_cast<int32_t>(c)});
+  AppendAtLeast(row, cols, bound, candidates);
+  const int64_t n = static_cast<int64_t>(candidates.size());
+  if (n < k) return false;
+  // kth: the k-th largest candidate value; all above it are kept, and the
+  // first `at_kth` equal to it.
+  float kth = bound;
+  if (n > k) {
+    block_max.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) block_max[i] = candidates[i].value;
+    std::nth_element(block_max.begin(), block_max.begin() + (k - 1),
+                     block_max.end(), std::greater<float>());
+    kth = block_max[k - 1];
+  }
+  int64_t above = 0;
+  for (const Candidate& c : candidates) above += c.value > kth;
+  int64_t at_kth = k - above;
+  int64_t t = 0;
+  for (const Candidate& c : candidates) {
+    if (c.value > kth || (c.value == kth && at_kth-- > 0)) {
+      out_idx[t] = c.index;
+      out_val[t] = std::max(0.0f, c.value);
+      ++t;
     }
   }
-  std::nth_element(candidates.begin(), candidates.begin() + (k - 1),
-                   candidates.end(), Stronger);
+  return t == k;
 }
 
 }  // namespace
@@ -114,14 +201,15 @@ void SelectTopK(ConstMatrixRef pre, int64_t k, int32_t* indices,
   // Pruning pays when the top k occupy a small share of the blocks.
   const bool use_blocks = k * 4 <= blocks;
   std::vector<Candidate> best;
-  std::vector<float> block_max, scratch;
+  std::vector<float> block_max;
+  std::vector<int32_t> keys;
   for (Eigen::Index r = 0; r < pre.rows(); ++r) {
     const float* row = pre.row(r).data();
-    if (use_blocks) {
-      SelectRowWithBlocks(row, cols, k, block_max, scratch, best);
-    } else {
-      SelectRowWithHeap(row, cols, k, best);
+    if (use_blocks && SelectRowWithBlocks(row, cols, k, block_max, keys, best,
+                                          indices + r * k, values + r * k)) {
+      continue;
     }
+    SelectRowWithHeap(row, cols, k, best);
     EmitSorted(best, k, indices + r * k, values + r * k);
   }
 }

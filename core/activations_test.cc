@@ -1,6 +1,7 @@
 #include "core/activations.h"
 
 #include <algorithm>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -59,6 +60,39 @@ TEST(ActivationsTest, SelectTopKOnWideRowsWithTiesMatchesStableSort) {
       }
     }
   }
+}
+
+// NaNs have no place in the order; a row holding them must still give k
+// distinct, ascending, in-range indices (not a crash or a short list), and
+// infinities rank as the largest and smallest values.
+TEST(ActivationsTest, SelectTopKOnRowsWithNaNsAndInfinitiesStaysInRange) {
+  constexpr int64_t kCols = 4096, kK = 32;
+  std::mt19937_64 rng(3);
+  std::normal_distribution<float> normal;
+  RowMatrix pre(4, kCols);
+  for (Eigen::Index i = 0; i < pre.size(); ++i) pre.data()[i] = normal(rng);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  for (Eigen::Index c = 0; c < kCols; c += 3) pre(0, c) = nan;  // a third NaN
+  pre.row(1).setConstant(nan);                                   // all NaN
+  pre(2, 100) = inf;
+  pre(2, 200) = -inf;
+  for (Eigen::Index c = 0; c < kCols; c += 64) pre(3, c) = nan;  // one per block row
+  pre(3, 7) = inf;
+  std::vector<int32_t> idx(4 * kK);
+  std::vector<float> val(4 * kK);
+  SelectTopK(pre, kK, idx.data(), val.data());
+  for (int r = 0; r < 4; ++r) {
+    for (int64_t t = 0; t < kK; ++t) {
+      const int32_t i = idx[r * kK + t];
+      ASSERT_GE(i, 0) << "row " << r;
+      ASSERT_LT(i, kCols) << "row " << r;
+      if (t > 0) ASSERT_LT(idx[r * kK + t - 1], i) << "row " << r;
+    }
+  }
+  EXPECT_NE(std::find(idx.begin() + 2 * kK, idx.begin() + 3 * kK, 100), idx.begin() + 3 * kK);
+  EXPECT_EQ(std::find(idx.begin() + 2 * kK, idx.begin() + 3 * kK, 200), idx.begin() + 3 * kK);
+  EXPECT_NE(std::find(idx.begin() + 3 * kK, idx.end(), 7), idx.end());
 }
 
 TEST(ActivationsTest, TiesGoToTheLowerIndex) {
