@@ -202,15 +202,18 @@ LossTerms TopKLoss(const ModelConfig& config, const ParameterSet& params,
     ws.unit_fired[j] = ws.unit_start[j + 1] > ws.unit_start[j];
   }
 
-  // Sparse decode: each row sums its k active decoder rows.
+  // Sparse decode: each row sums its k active decoder rows. Threads split
+  // the rows; each goes unit by unit, so that it reads each decoder row once
+  // (its output rows stay in cache) and every row still sums its units in
+  // ascending order, as a pass over its sorted slots would.
   auto w_dec = params.w_dec();
   ws.output.rowwise() = params.b_dec().transpose();
   ParallelFor(batch, 16, [&](int, int64_t r0, int64_t r1) {
-    for (Eigen::Index b = r0; b < r1; ++b) {
-      auto out_row = ws.output.row(b);
-      for (int64_t s = 0; s < k; ++s) {
-        const float v = val[b * k + s];
-        if (v > 0.0f) out_row += v * w_dec.row(idx[b * k + s]);
+    for (int64_t j = 0; j < d_h; ++j) {
+      for (int64_t e = ws.unit_start[j]; e < ws.unit_start[j + 1]; ++e) {
+        const int32_t entry = ws.by_unit[e];
+        const int64_t b = entry / k;
+        if (b >= r0 && b < r1) ws.output.row(b) += val[entry] * w_dec.row(j);
       }
     }
   });

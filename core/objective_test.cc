@@ -114,6 +114,34 @@ TEST(ObjectiveTest, TopKTouchesOnlySelectedUnits) {
   EXPECT_LE(t.mean_l0, 2.0);
 }
 
+// The training pass decodes unit by unit, split over rows; its reconstruction
+// must be the one the model serves (which decodes row by row). A unit lost,
+// doubled or given to the wrong row shows as an error of order the weights.
+TEST(ObjectiveTest, TopKReconstructionMatchesTheModel) {
+  ModelConfig c = DefaultConfig(48, 640, Activation::kTopK);
+  c.k = 8;  // 640 columns form 40 blocks: the block-pruning selection runs
+  const RowMatrix x = RandomMatrix(100, 48, 21, -1.0f, 1.0f);
+  const ParameterSet p = RandomParams(c, 22);
+  ObjectiveWorkspace ws;
+  const LossTerms t = ComputeLoss(c, p, x, x, &ws, nullptr);
+  auto model = Model::Create(c, p.ToWeights());
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto served = (*model)->Reconstruct(x);
+  ASSERT_TRUE(served.ok()) << served.status();
+  // The workspace keeps the residual, reconstruction - target.
+  double squared_error = 0;
+  for (Eigen::Index r = 0; r < x.rows(); ++r) {
+    for (Eigen::Index col = 0; col < x.cols(); ++col) {
+      const double served_residual = (*served)(r, col) - x(r, col);
+      ASSERT_NEAR(ws.output(r, col), served_residual, 1e-5)
+          << "row " << r << " column " << col;
+      squared_error += served_residual * served_residual;
+    }
+  }
+  EXPECT_NEAR(t.squared_error_sum, squared_error, 1e-4 * squared_error);
+  EXPECT_GT(t.mean_l0, 0.0);
+}
+
 // A 2 -> 2 ReLU model small enough to compute by hand:
 // W_enc = I, b_enc = 0, W_dec = 2I, b_dec = 0, x = [1, -1]:
 // pre = [1, -1], f = [1, 0], x_hat = [2, 0], squared error = 1 + 1 = 2,
