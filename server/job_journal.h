@@ -9,8 +9,9 @@
 // the folder, so two servers pointed at the same folder fail loudly instead
 // of marking each other's jobs interrupted.
 //
-// Thread-compatible: TrainingJobManager calls it under a lock of its own
-// (not the one its job RPCs take).
+// Thread-compatible: TrainingJobManager calls it under a lock of its own,
+// and under the one its job RPCs take only for the final records of jobs
+// cancelled or interrupted while queued.
 #ifndef SAE_SERVER_JOB_JOURNAL_H_
 #define SAE_SERVER_JOB_JOURNAL_H_
 

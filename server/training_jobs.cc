@@ -60,9 +60,20 @@ class ABSL_SCOPED_LOCKABLE TrainingJobManager::Lock {
   ~Lock() ABSL_UNLOCK_FUNCTION() ABSL_NO_THREAD_SAFETY_ANALYSIS {
     std::vector<JournalOp> ops;
     ops.swap(m_->pending_journal_);
-    if (!ops.empty()) ++m_->journal_batches_in_flight_;
+    if (ops.empty()) {
+      m_->mu_.Unlock();
+      return;
+    }
+    ++m_->journal_batches_in_flight_;
+    // A final state is shown only once its record is on disk, so that what
+    // a caller was told is what a restarted server reports. Other records
+    // are written after mu_ is released.
+    const bool final_record = std::any_of(ops.begin(), ops.end(), [](const JournalOp& op) {
+      return !op.remove && IsFinal(op.info.state);
+    });
+    if (final_record) m_->WriteJournalBatch(ops);
     m_->mu_.Unlock();
-    if (!ops.empty()) m_->WriteJournalBatch(ops);
+    if (!final_record) m_->WriteJournalBatch(ops);
   }
   Lock(const Lock&) = delete;
   Lock& operator=(const Lock&) = delete;
@@ -188,6 +199,24 @@ TrainingJobManager::TrainingJobManager(ModelStore* store, JobManagerOptions opti
 }
 
 TrainingJobManager::~TrainingJobManager() { Shutdown(); }
+
+void TrainingJobManager::Finish(Job* job, const std::function<void(JobInfo&)>& change) {
+  if (journal_ != nullptr) {
+    // The final record is written first and without mu_, so that job calls
+    // do not wait for it (Lock would otherwise write it under mu_). Only
+    // this worker changes a running job's record, so the copy stays the
+    // record Update makes, revision included.
+    JobInfo record;
+    {
+      absl::MutexLock lock(&mu_);
+      record = job->info;
+    }
+    change(record);
+    ++record.revision;
+    WriteJournal({{record, false}}).IgnoreError();  // logged
+  }
+  Update(job, change);
+}
 
 void TrainingJobManager::Update(Job* job, const std::function<void(JobInfo&)>& change) {
   Lock lock(this);
@@ -396,7 +425,7 @@ void TrainingJobManager::RunJob(Job* job) {
                                   ? "interrupted by a server shutdown; nothing was published"
                                   : std::string(result.status().message());
     job->spec.data.reset();
-    Update(job, [&](JobInfo& info) {  // the last touch of `job`
+    Finish(job, [&](JobInfo& info) {  // the last touch of `job`
       info.state = state;
       info.error = error;
     });
@@ -435,7 +464,7 @@ void TrainingJobManager::RunJob(Job* job) {
   if (!version.ok()) {
     error = absl::StrCat("training finished but publishing failed: ", version.status().message());
   }
-  Update(job, [&](JobInfo& info) {  // the last touch of `job`
+  Finish(job, [&](JobInfo& info) {  // the last touch of `job`
     if (version.ok()) {
       info.state = JobState::kSucceeded;
       info.published_version = *version;

@@ -102,8 +102,10 @@ class TrainingJobManager {
     JobInfo info;  // the record; for a removal only info.id counts
     bool remove = false;
   };
-  // Holds mu_, and when it releases mu_ makes the journal writes queued
-  // meanwhile. Every path that may change a job's state takes mu_ this way.
+  // Holds mu_, and makes the journal writes queued meanwhile: after
+  // releasing mu_, or before when one of them records a final state (a
+  // final state is shown only once it is on disk). Every path that may
+  // change a job's state takes mu_ this way.
   class ABSL_SCOPED_LOCKABLE Lock;
 
   // Moves a job to `state`, keeping the running count and observers current.
@@ -112,11 +114,12 @@ class TrainingJobManager {
   void JournalLocked(const Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Makes `ops` in order, never letting an older record of a job replace a
   // newer one (threads release mu_ in any order) nor bringing back a removed
-  // one. Failures are logged; returns the first one.
-  absl::Status WriteJournal(const std::vector<JournalOp>& ops) ABSL_LOCKS_EXCLUDED(mu_);
+  // one. Failures are logged; returns the first one. Takes journal_mu_
+  // (after mu_, when the caller holds it).
+  absl::Status WriteJournal(const std::vector<JournalOp>& ops);
   // WriteJournal for a batch Lock took from pending_journal_; the last
   // batch in flight drops the removed jobs' tombstones.
-  void WriteJournalBatch(const std::vector<JournalOp>& ops) ABSL_LOCKS_EXCLUDED(mu_);
+  void WriteJournalBatch(const std::vector<JournalOp>& ops);
   // Whether a new job may be queued now: null when it may, the job a
   // request id names when the call is a retry, or the reason it may not.
   absl::StatusOr<const JobInfo*> AdmissionLocked(const std::string& request_id) const
@@ -125,7 +128,12 @@ class TrainingJobManager {
   void Recover();
   void WorkerLoop();
   void RunJob(Job* job);
-  void Update(Job* job, const std::function<void(JobInfo&)>& change);
+  // Applies `change` to the job's record under mu_ (a change of state
+  // counts, notifies and journals as SetStateLocked does).
+  void Update(Job* job, const std::function<void(JobInfo&)>& change) ABSL_LOCKS_EXCLUDED(mu_);
+  // Update for the worker's last touch of a running job, whose `change`
+  // sets a final state: the record is on disk before the state is shown.
+  void Finish(Job* job, const std::function<void(JobInfo&)>& change) ABSL_LOCKS_EXCLUDED(mu_);
 
   ModelStore* const store_;
   const JobManagerOptions options_;
@@ -141,8 +149,8 @@ class TrainingJobManager {
   std::function<void(double)> on_progress_;
   int64_t running_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<JournalOp> pending_journal_ ABSL_GUARDED_BY(mu_);
-  // Serialises the journal's writes; taken without mu_.
-  absl::Mutex journal_mu_;
+  // Serialises the journal's writes; taken after mu_ or without it.
+  absl::Mutex journal_mu_ ABSL_ACQUIRED_AFTER(mu_);
   // Per job id, the revision of the record on disk (kRemoved once removed,
   // until no batch taken before the removal can still be unwritten).
   std::map<std::string, int64_t> journaled_revision_ ABSL_GUARDED_BY(journal_mu_);

@@ -131,6 +131,99 @@ TEST_F(JournaledJobsTest, JobCallsDoNotWaitForTheJournalsWrites) {
   jobs.Shutdown();
 }
 
+// Blocks the journal's writes of final records until released, noting
+// whether one is waiting.
+struct FinalWriteGate {
+  explicit FinalWriteGate(JobJournal* journal) {
+    journal->set_before_write_for_testing([this](const JobInfo& info) {
+      if (!IsFinal(info.state)) return;
+      waiting = true;
+      release.WaitForNotification();
+    });
+  }
+  bool WaitUntilBlocked() {
+    for (int i = 0; i < 1000 && !waiting; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return waiting;
+  }
+  std::atomic<bool> waiting{false};
+  absl::Notification release;
+};
+
+// What a watcher is told is what a restarted server reports: a running job
+// that ends shows its final state only once the record is on disk (else a
+// crash in between would turn a reported cancellation into "interrupted").
+// Job calls still answer meanwhile.
+TEST_F(JournaledJobsTest, AFinalStateIsShownOnlyOnceItsRecordIsOnDisk) {
+  FinalWriteGate gate(journal_.get());
+  auto jobs = std::make_unique<TrainingJobManager>(store_.get(), JobManagerOptions{1, 4},
+                                                   std::move(journal_));
+  absl::StatusOr<JobInfo> job = jobs->Submit(LongJob("ends"));
+  ASSERT_TRUE(job.ok()) << job.status();
+  JobInfo now = *job;
+  while (now.state == JobState::kQueued) {
+    now = *jobs->WaitForChange(job->id, now.revision, absl::Seconds(10));
+  }
+  ASSERT_EQ(now.state, JobState::kRunning);
+  ASSERT_TRUE(jobs->Cancel(job->id).ok());
+  ASSERT_TRUE(gate.WaitUntilBlocked()) << "the worker never wrote the final record";
+  std::atomic<bool> answered{false};
+  std::thread caller([&] {
+    absl::StatusOr<JobInfo> seen = jobs->Get(job->id);
+    ASSERT_TRUE(seen.ok()) << seen.status();
+    EXPECT_EQ(seen->state, JobState::kRunning) << "shown before its record was written";
+    seen = jobs->WaitForChange(job->id, seen->revision, absl::Milliseconds(200));
+    EXPECT_EQ(seen->state, JobState::kRunning) << "shown before its record was written";
+    answered = true;
+  });
+  for (int i = 0; i < 300 && !answered; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(answered) << "Get waited for the journal's write";
+  gate.release.Notify();
+  caller.join();
+  now = *jobs->Get(job->id);
+  while (!IsFinal(now.state)) now = *jobs->WaitForChange(job->id, now.revision, absl::Seconds(10));
+  EXPECT_EQ(now.state, JobState::kCancelled);
+  jobs.reset();
+  absl::StatusOr<std::unique_ptr<JobJournal>> reopened = JobJournal::Open(root_ + "/jobs");
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  std::vector<std::string> problems;
+  const std::vector<JobInfo> records = (*reopened)->ReadAll(&problems);
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].state, JobState::kCancelled);
+}
+
+// The same for a job cancelled while queued: the Cancel call returns, and
+// others see the state, only after the record is written.
+TEST_F(JournaledJobsTest, ACancelledQueuedJobIsShownOnlyOnceItsRecordIsOnDisk) {
+  FinalWriteGate gate(journal_.get());
+  TrainingJobManager jobs(store_.get(), JobManagerOptions{1, 4}, std::move(journal_));
+  ASSERT_TRUE(jobs.Submit(LongJob("busy")).ok());  // holds the only worker
+  absl::StatusOr<JobInfo> queued = jobs.Submit(LongJob("waits"));
+  ASSERT_TRUE(queued.ok()) << queued.status();
+  std::atomic<bool> cancel_returned{false};
+  std::thread canceller([&] {
+    EXPECT_EQ(jobs.Cancel(queued->id)->state, JobState::kCancelled);
+    cancel_returned = true;
+  });
+  ASSERT_TRUE(gate.WaitUntilBlocked()) << "the cancellation was never written";
+  std::atomic<bool> seen_cancelled{false};
+  std::thread watcher([&] {
+    absl::StatusOr<JobInfo> seen = jobs.Get(queued->id);
+    seen_cancelled = seen.ok() && seen->state == JobState::kCancelled;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_FALSE(cancel_returned) << "Cancel returned before the record was written";
+  EXPECT_FALSE(seen_cancelled) << "shown before its record was written";
+  gate.release.Notify();
+  canceller.join();
+  watcher.join();
+  EXPECT_TRUE(cancel_returned);
+  jobs.Shutdown();
+}
+
 // Forgotten jobs leave the journal writer's bookkeeping too: it stays
 // bounded by the jobs kept, however many jobs a server has run.
 TEST_F(JournaledJobsTest, ForgottenJobsLeaveNoJournalBookkeeping) {
