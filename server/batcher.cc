@@ -30,6 +30,7 @@ struct Batcher::Item {
 struct Batcher::Queue {
   std::shared_ptr<const Model> model;  // keeps the version alive while queued
   BatchOp op;
+  QueueKey key() const { return {model.get(), op}; }
   std::deque<std::unique_ptr<Item>> items;
   int64_t rows = 0;
   bool leader_active = false;
@@ -76,6 +77,15 @@ const BatchingOptions& Batcher::OptionsFor(const std::string& model_name) const 
 BatchStats Batcher::stats() const {
   absl::MutexLock lock(&mu_);
   return stats_;
+}
+
+size_t Batcher::queues_for_testing() const {
+  absl::MutexLock lock(&mu_);
+  return queues_.size();
+}
+
+void Batcher::FreeIfIdleLocked(Queue* q) {
+  if (q->items.empty() && !q->leader_active) queues_.erase(q->key());
 }
 
 absl::Status Batcher::Compute(const Model& model, BatchOp op, ConstMatrixRef x, RowMatrix* out) {
@@ -139,6 +149,7 @@ Batcher::Ticket Batcher::Submit(const std::string& model_name,
     std::unique_ptr<Queue>& slot = queues_[{model.get(), op}];
     if (slot == nullptr) {
       slot = std::make_unique<Queue>();
+      slot->model = model;
       slot->op = op;
     }
     Queue* q = slot.get();
@@ -146,12 +157,12 @@ Batcher::Ticket Batcher::Submit(const std::string& model_name,
       admitted = absl::ResourceExhaustedError(absl::StrCat(
           "model '", model_name, "' is full: its batching queue holds ", q->rows, " rows, limit ",
           options.max_queued_rows, "; retry with backoff"));
+      FreeIfIdleLocked(q);  // a queue made for this call alone
     } else {
-      q->model = model;
       auto item = std::make_unique<Item>(x, out, deadline, std::move(done));
       item->id = next_id_++;
       item->enqueued = absl::Now();
-      const Ticket ticket{q, item->id};
+      const Ticket ticket{model.get(), op, item->id};
       q->rows += x.rows();
       q->items.push_back(std::move(item));
       ++stats_.requests;
@@ -166,16 +177,21 @@ Batcher::Ticket Batcher::Submit(const std::string& model_name,
 }
 
 bool Batcher::Cancel(const Ticket& ticket) {
-  if (ticket.queue == nullptr) return false;
+  if (ticket.id == 0) return false;
   std::unique_ptr<Item> taken_back;  // destroyed (with its done) outside the lock
   absl::MutexLock lock(&mu_);
-  Queue* q = ticket.queue;
+  // The queue may be gone (the call completed) or be a later one for a
+  // version at the same address; item ids are never reused, so a stale
+  // ticket matches nothing. A queued call has a leader, which frees the
+  // queue once it is empty.
+  auto found = queues_.find({ticket.model, ticket.op});
+  if (found == queues_.end()) return false;
+  Queue* q = found->second.get();
   for (auto it = q->items.begin(); it != q->items.end(); ++it) {
     if ((*it)->id != ticket.id) continue;
     q->rows -= (*it)->x.rows();
     taken_back = std::move(*it);
     q->items.erase(it);
-    if (q->items.empty() && !q->leader_active) q->model.reset();
     return true;
   }
   return false;
@@ -274,9 +290,7 @@ void Batcher::Lead(Queue* q, const BatchingOptions& options) {
     mu_.Lock();
   }
   q->leader_active = false;
-  // An idle queue must not keep its model version alive (it may have been
-  // deleted or replaced); the next request sets it again.
-  q->model.reset();
+  FreeIfIdleLocked(q);
 }
 
 }  // namespace sae::server

@@ -72,11 +72,12 @@ class Batcher {
 
   // Receives a call's outcome, exactly once, after *out is filled.
   using Done = std::function<void(absl::Status)>;
-  struct Queue;
-  // Identifies a queued call, for Cancel. Empty when there is nothing left
-  // to cancel (the call completed inside Submit).
+  // Identifies a queued call, for Cancel. Empty (id 0) when there is nothing
+  // left to cancel (the call completed inside Submit). It names its queue
+  // by key, not by address: a queue is freed once it is idle and empty.
   struct Ticket {
-    Queue* queue = nullptr;  // queues live as long as the batcher
+    const Model* model = nullptr;
+    BatchOp op = BatchOp::kEncode;
     uint64_t id = 0;
   };
 
@@ -107,6 +108,9 @@ class Batcher {
                    const std::function<bool()>& cancelled, RowMatrix* out);
 
   BatchStats stats() const;
+  // Queues held (one per model version and operation with calls waiting or
+  // a leader at work); for tests.
+  size_t queues_for_testing() const;
   // Observer of every product run (batch rows, microseconds the oldest
   // request waited); for metrics. Set before serving starts.
   void set_observer(std::function<void(int64_t rows, double queue_us)> observer) {
@@ -115,16 +119,22 @@ class Batcher {
 
  private:
   struct Item;
+  struct Queue;
+  using QueueKey = std::pair<const Model*, BatchOp>;
   const BatchingOptions& OptionsFor(const std::string& model_name) const;
-  // Runs batches until `q` is empty; called and returns with mu_ held.
+  // Runs batches until `q` is empty, then frees it; called and returns
+  // with mu_ held.
   void Lead(Queue* q, const BatchingOptions& options) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Frees `q` if it is idle (no leader) and empty. Its model version is
+  // then no longer held: it may have been deleted or replaced.
+  void FreeIfIdleLocked(Queue* q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static absl::Status Compute(const Model& model, BatchOp op, ConstMatrixRef x, RowMatrix* out);
 
   const BatchingOptions defaults_;
   const std::map<std::string, BatchingOptions> per_model_;
   std::function<void(int64_t, double)> observer_;
   mutable absl::Mutex mu_;
-  std::map<std::pair<const Model*, BatchOp>, std::unique_ptr<Queue>> queues_ ABSL_GUARDED_BY(mu_);
+  std::map<QueueKey, std::unique_ptr<Queue>> queues_ ABSL_GUARDED_BY(mu_);
   BatchStats stats_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   // Rows of unmerged calls being computed, per model version.

@@ -105,6 +105,57 @@ TEST(BatcherTest, DeadlineCancellationAndQueueLimitHoldWhileQueued) {
   EXPECT_EQ(leader_out.rows(), 2);
 }
 
+// A server that reloads or serves many versions must not keep a queue (and
+// so memory) for every version it ever served: idle queues are freed, and
+// the versions they held with them. A stale ticket cancels nothing.
+TEST(BatcherTest, IdleQueuesAreFreedWithTheirVersions) {
+  Batcher batcher(BatchingOptions{true, 256, 2000, 16384}, {});
+  const RowMatrix x = Rows(1, 4);
+  std::weak_ptr<const Model> first;
+  for (int version = 0; version < 20; ++version) {
+    auto model = TestModel();
+    if (version == 0) first = model;
+    constexpr int kThreads = 4;
+    std::vector<std::thread> threads;
+    std::atomic<int> failures{0};
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&] {
+        RowMatrix out;
+        for (BatchOp op : {BatchOp::kEncode, BatchOp::kDenoise}) {
+          if (!batcher.Run("m", model, op, x, absl::InfiniteFuture(), nullptr, &out).ok()) ++failures;
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    ASSERT_EQ(failures, 0);
+    EXPECT_EQ(batcher.queues_for_testing(), 0u) << "after version " << version;
+  }
+  EXPECT_TRUE(first.expired()) << "the batcher still holds a version it no longer serves";
+
+  // A call taken back leaves the leader's queue to the leader, which frees
+  // it when done; the ticket is then stale.
+  auto model = TestModel();
+  RowMatrix leader_out, out;
+  Batcher slow(BatchingOptions{true, 1000, 300000, 16384}, {});
+  std::thread leader([&] {
+    EXPECT_TRUE(slow.Run("m", model, BatchOp::kEncode, x, absl::InfiniteFuture(), nullptr,
+                         &leader_out).ok());
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));  // the leader waits for company
+  std::atomic<int> done_calls{0};
+  const Batcher::Ticket ticket = slow.Submit("m", model, BatchOp::kEncode, x,
+                                             absl::InfiniteFuture(), &out,
+                                             [&](absl::Status) { ++done_calls; });
+  ASSERT_NE(ticket.id, 0u) << "the call should have queued behind the leader";
+  EXPECT_EQ(slow.queues_for_testing(), 1u);
+  EXPECT_TRUE(slow.Cancel(ticket));
+  EXPECT_FALSE(slow.Cancel(ticket)) << "a ticket cancels once";
+  leader.join();
+  EXPECT_EQ(done_calls, 0);
+  EXPECT_EQ(slow.queues_for_testing(), 0u);
+  EXPECT_FALSE(slow.Cancel(ticket));
+}
+
 TEST(BatcherTest, DisabledPerModel) {
   auto model = TestModel();
   auto overrides = ParseBatchingOverrides("m=off,other=64:100", BatchingOptions{});
