@@ -15,8 +15,11 @@
 namespace sae {
 
 void ReluInPlace(MatrixRef m) {
+  // Plain loops (vectorised by the compiler) instead of Eigen's max here
+  // and below: GCC 12 warns about Eigen's AVX-512 max intrinsic.
   for (Eigen::Index r = 0; r < m.rows(); ++r) {
-    m.row(r) = m.row(r).cwiseMax(0.0f);
+    float* row = m.row(r).data();
+    for (Eigen::Index c = 0; c < m.cols(); ++c) row[c] = std::max(row[c], 0.0f);
   }
 }
 
@@ -156,10 +159,11 @@ bool SelectRowWithBlocks(const float* row, int64_t cols, int64_t k,
                          float* out_val) {
   const int64_t blocks = (cols + kBlock - 1) / kBlock;
   block_max.assign(row, row + blocks);
-  Eigen::Map<Eigen::ArrayXf> maxima(block_max.data(), blocks);
+  float* maxima = block_max.data();
   for (int64_t start = blocks; start < cols; start += blocks) {
     const int64_t n = std::min(blocks, cols - start);
-    maxima.head(n) = maxima.head(n).max(Eigen::Map<const Eigen::ArrayXf>(row + start, n));
+    const float* slice = row + start;
+    for (int64_t b = 0; b < n; ++b) maxima[b] = std::max(maxima[b], slice[b]);
   }
   keys.resize(static_cast<size_t>(blocks));
   for (int64_t b = 0; b < blocks; ++b) keys[b] = OrderedKey(block_max[b]);
