@@ -50,7 +50,7 @@ namespace {
 
 constexpr int64_t kBlock = 16;
 
-// Writes the k strongest of `heap` (already the k strongest candidates) to
+// Writes the k strongest of `best` (already the k strongest candidates) to
 // the outputs in ascending index order.
 void EmitSorted(std::vector<Candidate>& best, int64_t k, int32_t* out_idx,
                 float* out_val) {
@@ -63,14 +63,26 @@ void EmitSorted(std::vector<Candidate>& best, int64_t k, int32_t* out_idx,
 }
 
 // Streaming selection with a size-k min-heap: O(cols + k log k log cols).
+// NaNs are passed over; when fewer than k values are not NaN, the
+// lowest-index NaNs make up the rest.
 void SelectRowWithHeap(const float* row, int64_t cols, int64_t k,
                        std::vector<Candidate>& heap) {
-  heap.resize(static_cast<size_t>(k));
-  for (int64_t c = 0; c < k; ++c) heap[c] = {row[c], static_cast<int32_t>(c)};
+  heap.clear();
+  int64_t c = 0;
+  for (; c < cols && static_cast<int64_t>(heap.size()) < k; ++c) {
+    if (!std::isnan(row[c])) heap.push_back({row[c], static_cast<int32_t>(c)});
+  }
+  if (static_cast<int64_t>(heap.size()) < k) {
+    for (int64_t n = 0; n < cols && static_cast<int64_t>(heap.size()) < k; ++n) {
+      if (std::isnan(row[n])) heap.push_back({row[n], static_cast<int32_t>(n)});
+    }
+    return;
+  }
   std::make_heap(heap.begin(), heap.end(), Stronger);  // front = weakest
   float threshold = heap.front().value;
-  for (int64_t c = k; c < cols; ++c) {
-    // Later columns have larger indices, so a tie never displaces.
+  for (; c < cols; ++c) {
+    // Later columns have larger indices, so a tie never displaces; a NaN
+    // compares false.
     if (row[c] > threshold) {
       std::pop_heap(heap.begin(), heap.end(), Stronger);
       heap.back() = {row[c], static_cast<int32_t>(c)};
@@ -80,8 +92,8 @@ void SelectRowWithHeap(const float* row, int64_t cols, int64_t k,
   }
 }
 
-// Maps a float to an int32 whose signed order is the float's order (NaNs
-// land beyond the infinities).
+// Maps a float that is not NaN to an int32 whose signed order is the
+// float's order.
 inline int32_t OrderedKey(float v) {
   int32_t bits;
   std::memcpy(&bits, &v, sizeof(bits));
@@ -166,7 +178,13 @@ bool SelectRowWithBlocks(const float* row, int64_t cols, int64_t k,
     for (int64_t b = 0; b < n; ++b) maxima[b] = std::max(maxima[b], slice[b]);
   }
   keys.resize(static_cast<size_t>(blocks));
-  for (int64_t b = 0; b < blocks; ++b) keys[b] = OrderedKey(block_max[b]);
+  // A NaN that starts a block stays its maximum (std::max keeps its first
+  // argument when they do not compare): such a block ranks lowest, so the
+  // bound comes from real maxima, or is -inf when there are too few.
+  const int32_t lowest = OrderedKey(-std::numeric_limits<float>::infinity());
+  for (int64_t b = 0; b < blocks; ++b) {
+    keys[b] = std::isnan(block_max[b]) ? lowest : OrderedKey(block_max[b]);
+  }
   const float bound = FromOrderedKey(KthLargestKey(keys.data(), blocks, k));
   candidates.clear();
   AppendAtLeast(row, cols, bound, candidates);

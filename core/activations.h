@@ -16,6 +16,8 @@ void SigmoidInPlace(MatrixRef m);
 // For each row of `pre`, finds the k largest entries (ties broken by the lower
 // index) and writes their column indices in ascending order to
 // indices[row * k ...] and max(0, value) to values[row * k ...].
+// NaNs rank below every other value: a row gets them only when it has fewer
+// than k others (the lowest-index NaNs, written as 0).
 // Requires 1 <= k <= pre.cols(). Deterministic; O(cols + k log k) per row.
 void SelectTopK(ConstMatrixRef pre, int64_t k, int32_t* indices,
                 float* values);

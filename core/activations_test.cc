@@ -1,6 +1,7 @@
 #include "core/activations.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -62,37 +63,58 @@ TEST(ActivationsTest, SelectTopKOnWideRowsWithTiesMatchesStableSort) {
   }
 }
 
-// NaNs have no place in the order; a row holding them must still give k
-// distinct, ascending, in-range indices (not a crash or a short list), and
-// infinities rank as the largest and smallest values.
-TEST(ActivationsTest, SelectTopKOnRowsWithNaNsAndInfinitiesStaysInRange) {
-  constexpr int64_t kCols = 4096, kK = 32;
-  std::mt19937_64 rng(3);
-  std::normal_distribution<float> normal;
-  RowMatrix pre(4, kCols);
-  for (Eigen::Index i = 0; i < pre.size(); ++i) pre.data()[i] = normal(rng);
+// The contract's order: largest first, ties to the lower index, NaNs after
+// everything else (the lowest-index NaNs first). Returns the k chosen
+// indices in ascending order.
+std::vector<int32_t> ReferenceTopK(const float* row, int64_t cols, int64_t k) {
+  std::vector<int32_t> order(cols);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    if (std::isnan(row[a]) || std::isnan(row[b])) return !std::isnan(row[a]) && std::isnan(row[b]);
+    return row[a] > row[b];
+  });
+  std::vector<int32_t> want(order.begin(), order.begin() + k);
+  std::sort(want.begin(), want.end());
+  return want;
+}
+
+// Rows holding NaNs (where one starts a block it becomes that block's
+// maximum) and infinities, through both the block-pruning path (4096
+// columns) and the heap (100 columns).
+TEST(ActivationsTest, SelectTopKPassesOverNaNs) {
+  constexpr int64_t kK = 32;
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const float inf = std::numeric_limits<float>::infinity();
-  for (Eigen::Index c = 0; c < kCols; c += 3) pre(0, c) = nan;  // a third NaN
-  pre.row(1).setConstant(nan);                                   // all NaN
-  pre(2, 100) = inf;
-  pre(2, 200) = -inf;
-  for (Eigen::Index c = 0; c < kCols; c += 64) pre(3, c) = nan;  // one per block row
-  pre(3, 7) = inf;
-  std::vector<int32_t> idx(4 * kK);
-  std::vector<float> val(4 * kK);
-  SelectTopK(pre, kK, idx.data(), val.data());
-  for (int r = 0; r < 4; ++r) {
-    for (int64_t t = 0; t < kK; ++t) {
-      const int32_t i = idx[r * kK + t];
-      ASSERT_GE(i, 0) << "row " << r;
-      ASSERT_LT(i, kCols) << "row " << r;
-      if (t > 0) ASSERT_LT(idx[r * kK + t - 1], i) << "row " << r;
+  for (int64_t cols : {4096, 100}) {
+    std::mt19937_64 rng(3);
+    std::normal_distribution<float> normal;
+    RowMatrix pre(6, cols);
+    for (Eigen::Index i = 0; i < pre.size(); ++i) pre.data()[i] = normal(rng);
+    for (Eigen::Index c = 0; c < kK; ++c) pre(0, c) = nan;  // the first k columns
+    pre(0, cols - 1) = inf;
+    for (Eigen::Index c = 0; c < cols; c += 3) pre(1, c) = nan;  // a third
+    pre(1, cols / 2 + 1) = inf;
+    pre(1, cols / 2 + 2) = -inf;
+    pre.row(2).setConstant(nan);  // all NaN: the first k columns
+    pre.row(3).setConstant(nan);  // five values, then the lowest NaNs
+    for (Eigen::Index c : {40, 50, 60, 70, 80}) pre(3, c) = -1.0f - c;
+    for (Eigen::Index c = 0; c < cols; c += 256) pre(4, c) = nan;  // NaN maxima of blocks
+    pre(4, cols - 2) = inf;
+    pre.row(5).setConstant(-inf);  // k-th value -inf
+    pre(5, 7) = nan;
+    std::vector<int32_t> idx(6 * kK);
+    std::vector<float> val(6 * kK);
+    SelectTopK(pre, kK, idx.data(), val.data());
+    for (Eigen::Index r = 0; r < pre.rows(); ++r) {
+      const std::vector<int32_t> want = ReferenceTopK(pre.row(r).data(), cols, kK);
+      const std::vector<int32_t> got(idx.begin() + r * kK, idx.begin() + (r + 1) * kK);
+      ASSERT_EQ(got, want) << "cols " << cols << " row " << r;
+      for (int64_t t = 0; t < kK; ++t) {
+        const float v = pre(r, got[t]);
+        EXPECT_EQ(val[r * kK + t], std::isnan(v) ? 0.0f : std::max(0.0f, v));
+      }
     }
   }
-  EXPECT_NE(std::find(idx.begin() + 2 * kK, idx.begin() + 3 * kK, 100), idx.begin() + 3 * kK);
-  EXPECT_EQ(std::find(idx.begin() + 2 * kK, idx.begin() + 3 * kK, 200), idx.begin() + 3 * kK);
-  EXPECT_NE(std::find(idx.begin() + 3 * kK, idx.end(), 7), idx.end());
 }
 
 TEST(ActivationsTest, TiesGoToTheLowerIndex) {

@@ -115,8 +115,9 @@ TEST(ObjectiveTest, TopKTouchesOnlySelectedUnits) {
 }
 
 // The training pass decodes unit by unit, split over rows; its reconstruction
-// must be the one the model serves (which decodes row by row). A unit lost,
-// doubled or given to the wrong row shows as an error of order the weights.
+// must be the one the model serves (which decodes row by row; a unit lost,
+// doubled or given to the wrong row shows as an error of order the weights),
+// and bitwise what a row-by-row pass over the same selection gives.
 TEST(ObjectiveTest, TopKReconstructionMatchesTheModel) {
   ModelConfig c = DefaultConfig(48, 640, Activation::kTopK);
   c.k = 8;  // 640 columns form 40 blocks: the block-pruning selection runs
@@ -140,6 +141,22 @@ TEST(ObjectiveTest, TopKReconstructionMatchesTheModel) {
   }
   EXPECT_NEAR(t.squared_error_sum, squared_error, 1e-4 * squared_error);
   EXPECT_GT(t.mean_l0, 0.0);
+
+  // Bitwise the row-by-row pass over the selected slots (ascending units),
+  // from the same selection.
+  RowMatrix residual(x.rows(), x.cols());
+  residual.rowwise() = p.b_dec().transpose();
+  for (Eigen::Index b = 0; b < x.rows(); ++b) {
+    auto out_row = residual.row(b);
+    for (int64_t s = 0; s < c.k; ++s) {
+      const float v = ws.topk_values[b * c.k + s];
+      if (v > 0.0f) out_row += v * p.w_dec().row(ws.topk_indices[b * c.k + s]);
+    }
+    float* out = residual.row(b).data();
+    for (Eigen::Index col = 0; col < x.cols(); ++col) out[col] -= x(b, col);
+  }
+  EXPECT_TRUE(residual == ws.output) << "max difference "
+                                     << (residual - ws.output).cwiseAbs().maxCoeff();
 }
 
 // A 2 -> 2 ReLU model small enough to compute by hand:
