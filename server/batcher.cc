@@ -84,8 +84,12 @@ size_t Batcher::queues_for_testing() const {
   return queues_.size();
 }
 
-void Batcher::FreeIfIdleLocked(Queue* q) {
-  if (q->items.empty() && !q->leader_active) queues_.erase(q->key());
+std::unique_ptr<Batcher::Queue> Batcher::TakeIfIdleLocked(Queue* q) {
+  if (!q->items.empty() || q->leader_active) return nullptr;
+  auto it = queues_.find(q->key());
+  std::unique_ptr<Queue> taken = std::move(it->second);
+  queues_.erase(it);
+  return taken;
 }
 
 absl::Status Batcher::Compute(const Model& model, BatchOp op, ConstMatrixRef x, RowMatrix* out) {
@@ -144,6 +148,9 @@ Batcher::Ticket Batcher::Submit(const std::string& model_name,
     return {};
   }
   absl::Status admitted;
+  // A queue left idle, destroyed after the lock: it may hold the last
+  // reference to its model version, whose weights are then freed.
+  std::unique_ptr<Queue> idle;
   {
     absl::MutexLock lock(&mu_);
     std::unique_ptr<Queue>& slot = queues_[{model.get(), op}];
@@ -157,7 +164,7 @@ Batcher::Ticket Batcher::Submit(const std::string& model_name,
       admitted = absl::ResourceExhaustedError(absl::StrCat(
           "model '", model_name, "' is full: its batching queue holds ", q->rows, " rows, limit ",
           options.max_queued_rows, "; retry with backoff"));
-      FreeIfIdleLocked(q);  // a queue made for this call alone
+      idle = TakeIfIdleLocked(q);  // a queue made for this call alone
     } else {
       auto item = std::make_unique<Item>(x, out, deadline, std::move(done));
       item->id = next_id_++;
@@ -168,7 +175,7 @@ Batcher::Ticket Batcher::Submit(const std::string& model_name,
       ++stats_.requests;
       if (q->leader_active) return ticket;  // the leader will take it
       q->leader_active = true;
-      Lead(q, options);
+      idle = Lead(q, options);
       return {};  // completed, with every call that queued meanwhile
     }
   }
@@ -220,7 +227,7 @@ absl::Status Batcher::Run(const std::string& model_name, const std::shared_ptr<c
   return result;
 }
 
-void Batcher::Lead(Queue* q, const BatchingOptions& options) {
+std::unique_ptr<Batcher::Queue> Batcher::Lead(Queue* q, const BatchingOptions& options) {
   while (!q->items.empty()) {
     if (options.max_queue_delay_us > 0 && q->rows < options.max_batch_rows) {
       const auto full = [q, &options]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
@@ -290,7 +297,7 @@ void Batcher::Lead(Queue* q, const BatchingOptions& options) {
     mu_.Lock();
   }
   q->leader_active = false;
-  FreeIfIdleLocked(q);
+  return TakeIfIdleLocked(q);
 }
 
 }  // namespace sae::server

@@ -122,12 +122,14 @@ class Batcher {
   struct Queue;
   using QueueKey = std::pair<const Model*, BatchOp>;
   const BatchingOptions& OptionsFor(const std::string& model_name) const;
-  // Runs batches until `q` is empty, then frees it; called and returns
-  // with mu_ held.
-  void Lead(Queue* q, const BatchingOptions& options) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Frees `q` if it is idle (no leader) and empty. Its model version is
-  // then no longer held: it may have been deleted or replaced.
-  void FreeIfIdleLocked(Queue* q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs batches until `q` is empty, then takes it out as
+  // TakeIfIdleLocked does; called and returns with mu_ held.
+  std::unique_ptr<Queue> Lead(Queue* q, const BatchingOptions& options)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes `q` out of queues_ if it is idle (no leader) and empty, for the
+  // caller to destroy after releasing mu_ (it may hold the last reference
+  // to its model version, which may have been deleted or replaced).
+  std::unique_ptr<Queue> TakeIfIdleLocked(Queue* q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static absl::Status Compute(const Model& model, BatchOp op, ConstMatrixRef x, RowMatrix* out);
 
   const BatchingOptions defaults_;

@@ -17,6 +17,15 @@ std::shared_ptr<const Model> TestModel() {
   return *Model::Create(c, w);
 }
 
+// Waits until a leader holds a queue of `batcher` (it then waits there for
+// company, with the queue's lock released).
+bool WaitForLeader(const Batcher& batcher) {
+  for (int i = 0; i < 2000 && batcher.queues_for_testing() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return batcher.queues_for_testing() > 0;
+}
+
 RowMatrix Rows(int64_t n, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> d;
@@ -82,7 +91,7 @@ TEST(BatcherTest, DeadlineCancellationAndQueueLimitHoldWhileQueued) {
   std::thread leader([&] {
     EXPECT_TRUE(batcher.Run("m", model, BatchOp::kEncode, x, absl::InfiniteFuture(), nullptr, &leader_out).ok());
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(30));  // the leader is waiting now
+  ASSERT_TRUE(WaitForLeader(batcher));
   RowMatrix out;
   const absl::Time start = absl::Now();
   absl::Status late = batcher.Run("m", model, BatchOp::kEncode, x, absl::Now() + absl::Milliseconds(40),
@@ -141,7 +150,7 @@ TEST(BatcherTest, IdleQueuesAreFreedWithTheirVersions) {
     EXPECT_TRUE(slow.Run("m", model, BatchOp::kEncode, x, absl::InfiniteFuture(), nullptr,
                          &leader_out).ok());
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(30));  // the leader waits for company
+  ASSERT_TRUE(WaitForLeader(slow));
   std::atomic<int> done_calls{0};
   const Batcher::Ticket ticket = slow.Submit("m", model, BatchOp::kEncode, x,
                                              absl::InfiniteFuture(), &out,

@@ -9,9 +9,11 @@
 // the folder, so two servers pointed at the same folder fail loudly instead
 // of marking each other's jobs interrupted.
 //
-// Thread-compatible: TrainingJobManager calls it under a lock of its own,
-// and under the one its job RPCs take only for the final records of jobs
-// cancelled or interrupted while queued.
+// Thread-compatible: TrainingJobManager calls it under a lock of its own.
+// It also holds the lock its job RPCs take for a final record that must be
+// on disk before it is shown and could not be written beforehand: a job
+// cancelled or interrupted while queued, a job the journal's previous owner
+// left open (at startup), or a retry of a worker's failed final write.
 #ifndef SAE_SERVER_JOB_JOURNAL_H_
 #define SAE_SERVER_JOB_JOURNAL_H_
 

@@ -82,7 +82,7 @@ class ABSL_SCOPED_LOCKABLE TrainingJobManager::Lock {
   TrainingJobManager* const m_;
 };
 
-void TrainingJobManager::SetStateLocked(Job* job, JobState state) {
+void TrainingJobManager::SetStateLocked(Job* job, JobState state, bool journal) {
   const JobState old = job->info.state;
   job->info.state = state;
   ++job->info.revision;
@@ -90,7 +90,7 @@ void TrainingJobManager::SetStateLocked(Job* job, JobState state) {
   if (old == JobState::kRunning) --running_;
   if (state == JobState::kRunning) ++running_;
   if (on_state_) on_state_(JobStateName(state), running_);
-  JournalLocked(*job);
+  if (journal) JournalLocked(*job);
 }
 
 void TrainingJobManager::JournalLocked(const Job& job) {
@@ -201,6 +201,7 @@ TrainingJobManager::TrainingJobManager(ModelStore* store, JobManagerOptions opti
 TrainingJobManager::~TrainingJobManager() { Shutdown(); }
 
 void TrainingJobManager::Finish(Job* job, const std::function<void(JobInfo&)>& change) {
+  bool journaled = false;
   if (journal_ != nullptr) {
     // The final record is written first and without mu_, so that job calls
     // do not wait for it (Lock would otherwise write it under mu_). Only
@@ -213,18 +214,19 @@ void TrainingJobManager::Finish(Job* job, const std::function<void(JobInfo&)>& c
     }
     change(record);
     ++record.revision;
-    WriteJournal({{record, false}}).IgnoreError();  // logged
+    journaled = WriteJournal({{record, false}}).ok();  // a failure is logged
   }
-  Update(job, change);
+  Update(job, change, journaled);
 }
 
-void TrainingJobManager::Update(Job* job, const std::function<void(JobInfo&)>& change) {
+void TrainingJobManager::Update(Job* job, const std::function<void(JobInfo&)>& change,
+                                bool journaled) {
   Lock lock(this);
   const JobState old = job->info.state;
   change(job->info);
   const JobState now = job->info.state;
   job->info.state = old;
-  SetStateLocked(job, now);  // counts, notifies and bumps the revision
+  SetStateLocked(job, now, !journaled);  // counts, notifies and bumps the revision
   if (IsFinal(now)) job->released = true;  // the caller's last touch
 }
 

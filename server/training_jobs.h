@@ -109,7 +109,9 @@ class TrainingJobManager {
   class ABSL_SCOPED_LOCKABLE Lock;
 
   // Moves a job to `state`, keeping the running count and observers current.
-  void SetStateLocked(Job* job, JobState state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `journal` false: the caller has put this record on disk already.
+  void SetStateLocked(Job* job, JobState state, bool journal = true)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Queues the job's record for the journal (if any).
   void JournalLocked(const Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Makes `ops` in order, never letting an older record of a job replace a
@@ -129,10 +131,14 @@ class TrainingJobManager {
   void WorkerLoop();
   void RunJob(Job* job);
   // Applies `change` to the job's record under mu_ (a change of state
-  // counts, notifies and journals as SetStateLocked does).
-  void Update(Job* job, const std::function<void(JobInfo&)>& change) ABSL_LOCKS_EXCLUDED(mu_);
+  // counts, notifies and, unless `journaled`, journals as SetStateLocked
+  // does).
+  void Update(Job* job, const std::function<void(JobInfo&)>& change, bool journaled = false)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Update for the worker's last touch of a running job, whose `change`
-  // sets a final state: the record is on disk before the state is shown.
+  // sets a final state: the record is on disk before the state is shown,
+  // written without mu_. If that write fails (logged), Lock tries it once
+  // more under mu_, and the state is shown whatever the outcome.
   void Finish(Job* job, const std::function<void(JobInfo&)>& change) ABSL_LOCKS_EXCLUDED(mu_);
 
   ModelStore* const store_;

@@ -98,8 +98,9 @@ class JournaledJobsTest : public ::testing::Test {
 };
 
 // The journal's writes (an fsync each: milliseconds, more on network
-// storage) are made outside the manager's lock: while the worker's write of
-// a job's "running" record does not return, Get and List still answer.
+// storage) are made outside the manager's lock, all but the final records of
+// jobs that end while queued: while the worker's write of a job's "running"
+// record does not return, Get and List still answer.
 TEST_F(JournaledJobsTest, JobCallsDoNotWaitForTheJournalsWrites) {
   absl::Notification release;
   std::atomic<bool> blocked{false};
@@ -196,7 +197,8 @@ TEST_F(JournaledJobsTest, AFinalStateIsShownOnlyOnceItsRecordIsOnDisk) {
 }
 
 // The same for a job cancelled while queued: the Cancel call returns, and
-// others see the state, only after the record is written.
+// others see the state, only after the record is written (here job calls
+// wait for the write: it is made under the manager's lock).
 TEST_F(JournaledJobsTest, ACancelledQueuedJobIsShownOnlyOnceItsRecordIsOnDisk) {
   FinalWriteGate gate(journal_.get());
   TrainingJobManager jobs(store_.get(), JobManagerOptions{1, 4}, std::move(journal_));
@@ -221,6 +223,7 @@ TEST_F(JournaledJobsTest, ACancelledQueuedJobIsShownOnlyOnceItsRecordIsOnDisk) {
   canceller.join();
   watcher.join();
   EXPECT_TRUE(cancel_returned);
+  EXPECT_TRUE(seen_cancelled) << "the watcher should see the state once it is on disk";
   jobs.Shutdown();
 }
 
