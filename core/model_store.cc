@@ -273,8 +273,17 @@ absl::StatusOr<int64_t> ModelStore::Publish(absl::string_view name, const Model&
   absl::StatusOr<std::vector<int64_t>> versions = ListVersionNumbers(model_dir);
   if (!versions.ok()) return discard(versions.status());
   int64_t version = std::max(state->next_version, versions->empty() ? 1 : versions->back() + 1);
+  // The number is recorded as taken before the version appears: a version
+  // that was visible, even for a moment before a failure undid it, may have
+  // been loaded by a replica, so its number must never name other bytes.
+  // A failure before the rename leaves the store as it was.
+  ModelState next = *state;
   while (true) {
     if (version > kMaxVersion) return discard(absl::ResourceExhaustedError("version numbers exhausted"));
+    if (next.next_version != version + 1) {
+      next.next_version = version + 1;
+      if (absl::Status s = WriteState(model_dir, next); !s.ok()) return discard(s);
+    }
     const std::string target = absl::StrCat(model_dir, "/", version);
     if (::rename(tmp.c_str(), target.c_str()) == 0) break;
     if (errno != EEXIST && errno != ENOTEMPTY) {
@@ -283,12 +292,8 @@ absl::StatusOr<int64_t> ModelStore::Publish(absl::string_view name, const Model&
     ++version;  // taken by a writer that does not use the lock
   }
   const std::string target = absl::StrCat(model_dir, "/", version);
-  ModelState next = *state;
-  next.next_version = version + 1;
-  absl::Status s = FsyncDirectory(model_dir);
-  if (s.ok()) s = WriteState(model_dir, next);
-  if (!s.ok()) {
-    // Undo, so that a failed publish leaves the store as it was.
+  if (absl::Status s = FsyncDirectory(model_dir); !s.ok()) {
+    // Undo; the number stays used (a gap in the numbers is harmless).
     if (::rename(target.c_str(), tmp.c_str()) != 0) RemoveTree(target).IgnoreError();
     FsyncDirectory(model_dir).IgnoreError();
     return discard(s);
@@ -331,10 +336,16 @@ absl::StatusOr<LoadedModel> ModelStore::Load(const ModelRef& ref) const {
   absl::StatusOr<int64_t> version = Resolve(ref);
   if (!version.ok()) return version.status();
   const std::string dir = absl::StrCat(ModelDir(ref.name), "/", *version);
-  if (!IsDirectory(dir)) {
+  const auto gone = [&] {
     return absl::NotFoundError(absl::StrCat("model '", ref.name, "' has no version ", *version));
-  }
-  return LoadModelFolder(dir);
+  };
+  if (!IsDirectory(dir)) return gone();
+  absl::StatusOr<LoadedModel> loaded = LoadModelFolder(dir);
+  // A version deleted while it loaded (its folder renamed away) reads as a
+  // missing file, which in a version that exists means corruption: tell
+  // the two apart.
+  if (absl::IsDataLoss(loaded.status()) && !IsDirectory(dir)) return gone();
+  return loaded;
 }
 
 absl::StatusOr<std::vector<std::string>> ModelStore::ListModels() const {
@@ -417,7 +428,8 @@ absl::Status ModelStore::DeleteVersion(absl::string_view name, int64_t version, 
     }
     if (absl::Status s = FsyncDirectory(model_dir); !s.ok()) return s;
   }
-  return RemoveTree(doomed);
+  RemoveTree(doomed).IgnoreError();  // the delete is done; see the header
+  return absl::OkStatus();
 }
 
 absl::Status ModelStore::SetLabel(absl::string_view name, absl::string_view label, int64_t version) {
@@ -464,6 +476,9 @@ absl::StatusOr<StoreSnapshot> ModelStore::Snapshot() const {
     if (versions.ok()) m.versions = std::move(*versions);
     absl::StatusOr<ModelState> state = ReadState(ModelDir(name));
     if (state.ok()) m.labels = std::move(state->labels);
+    // A model folder removed meanwhile is simply empty.
+    m.complete = (versions.ok() || absl::IsNotFound(versions.status())) &&
+                 (state.ok() || absl::IsNotFound(state.status()));
   }
   return snap;
 }

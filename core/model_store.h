@@ -67,6 +67,9 @@ struct StoreSnapshot {
   struct ModelState {
     std::vector<int64_t> versions;  // ascending
     std::map<std::string, int64_t> labels;
+    // False when reading the model's versions or labels failed (an I/O
+    // error, not an absence): they are then unknown, not empty.
+    bool complete = true;
   };
   std::map<std::string, ModelState> models;
 };
@@ -95,7 +98,8 @@ class ModelStore {
                                   const ModelMetadata& metadata);
 
   // Loads and verifies a version. NOT_FOUND for an unknown model, version or
-  // label; DATA_LOSS for a corrupt version.
+  // label, also for a version deleted while it loaded; DATA_LOSS for a
+  // corrupt version.
   absl::StatusOr<LoadedModel> Load(const ModelRef& ref) const;
   // The version number `ref` stands for now.
   absl::StatusOr<int64_t> Resolve(const ModelRef& ref) const;
@@ -105,7 +109,10 @@ class ModelStore {
   absl::StatusOr<std::map<std::string, int64_t>> Labels(absl::string_view name) const;
 
   // Deletes a version. FAILED_PRECONDITION while a label points at it,
-  // unless `force`, which also removes those labels.
+  // unless `force`, which also removes those labels. The version is gone
+  // once its folder is renamed aside; removing the files after that is best
+  // effort (a file still open on NFS can keep the folder), and what is left
+  // is removed by the next Open.
   absl::Status DeleteVersion(absl::string_view name, int64_t version, bool force);
 
   // Points `label` at an existing version (moving it if it exists).

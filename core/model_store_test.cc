@@ -130,6 +130,19 @@ TEST_F(ModelStoreTest, VersionsAreNeverReusedAfterDelete) {
   EXPECT_EQ(*(*reopened)->Publish("m", *SmallModel(4), {}), 4);
 }
 
+// A number is recorded as taken before its version appears, so a publish
+// that fails once its folder could have been seen (here: the rename, over a
+// stray file named like the next version) never hands the number to other
+// bytes later.
+TEST_F(ModelStoreTest, ANumberAPublishMayHaveShownIsNeverReused) {
+  ASSERT_EQ(*store_->Publish("m", *SmallModel(1), {}), 1);
+  const std::string stray = root_ + "/m/2";
+  { std::ofstream(stray) << "not a version"; }
+  EXPECT_FALSE(store_->Publish("m", *SmallModel(2), {}).ok());
+  ASSERT_EQ(::unlink(stray.c_str()), 0);
+  EXPECT_EQ(*store_->Publish("m", *SmallModel(3), {}), 3);
+}
+
 TEST_F(ModelStoreTest, CorruptVersionIsNeverServed) {
   ASSERT_TRUE(store_->Publish("m", *SmallModel(1), {}).ok());
   const std::string weights = root_ + "/m/1/sae_weights.safetensors";
