@@ -29,6 +29,22 @@ void StoreWatcher::PollNow() {
   absl::MutexLock lock(&poll_mu_);
   absl::StatusOr<StoreSnapshot> now = store_->Snapshot();
   if (!now.ok()) return;  // a transient listing error: try again next time
+  // A model that could not be read this time keeps its last known state:
+  // one failed read (EMFILE, EIO, a stale NFS handle) must not read as
+  // every version and label removed, then all added again.
+  for (auto it = now->models.begin(); it != now->models.end();) {
+    if (it->second.complete) {
+      ++it;
+      continue;
+    }
+    auto known = last_.models.find(it->first);
+    if (known == last_.models.end()) {
+      it = now->models.erase(it);  // not seen yet: wait for a full read
+    } else {
+      it->second = known->second;
+      ++it;
+    }
+  }
   std::vector<StoreChange> changes = DiffSnapshots(last_, *now);
   last_ = std::move(*now);
   if (!changes.empty()) callback_(changes);
