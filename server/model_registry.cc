@@ -53,8 +53,14 @@ void ModelRegistry::TrimCacheLocked() {
   for (size_t i = 0; i + kMaxOtherVersions < others.size(); ++i) cache_.erase(others[i].second);
 }
 
+uint64_t ModelRegistry::GenerationLocked(const std::string& name) const {
+  auto it = entries_.find(name);
+  return it == entries_.end() ? 0 : it->second.generation;
+}
+
 absl::StatusOr<std::shared_ptr<const Model>> ModelRegistry::LoadVersion(const std::string& name,
-                                                                        int64_t version) {
+                                                                        int64_t version,
+                                                                        uint64_t generation) {
   const auto key = std::make_pair(name, version);
   {
     absl::MutexLock lock(&mu_);
@@ -83,6 +89,16 @@ absl::StatusOr<std::shared_ptr<const Model>> ModelRegistry::LoadVersion(const st
     }
     return loaded.status();
   }
+  // The store changed this model while the load ran: the version may have
+  // been deleted (the watcher has then evicted it already). Ask the store
+  // again, without the lock, until no change comes in between.
+  while (GenerationLocked(name) != generation) {
+    generation = GenerationLocked(name);
+    mu_.Unlock();
+    const absl::StatusOr<int64_t> still = store_->Resolve(ModelRef::Version(name, version));
+    mu_.Lock();
+    if (!still.ok()) return still.status();
+  }
   ++loads_;
   auto [it, inserted] = cache_.emplace(key, CachedModel{loaded->model, 0});
   it->second.last_used = ++use_clock_;
@@ -95,54 +111,85 @@ absl::StatusOr<std::shared_ptr<const Model>> ModelRegistry::LoadVersion(const st
 }
 
 absl::StatusOr<ServedModel> ModelRegistry::Get(const ModelRef& ref) {
-  // Hot path: with a watcher keeping entries_ current, a known model's
-  // latest version or label resolves from memory, with no file-system call.
-  if (watcher_ != nullptr) {
+  // A store that keeps changing the model while lookups load could race
+  // every attempt; after a few, the last answer is served as it stands.
+  constexpr int kAttempts = 3;
+  absl::StatusOr<ServedModel> served = absl::UnknownError("no attempt made");
+  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+    bool raced = false;
+    served = TryGet(ref, &raced);
+    if (!raced) break;
+  }
+  return served;
+}
+
+absl::StatusOr<ServedModel> ModelRegistry::TryGet(const ModelRef& ref, bool* raced) {
+  uint64_t generation = 0;
+  {
     absl::MutexLock lock(&mu_);
-    int64_t known = ref.version;
-    if (known == 0) {
-      auto e = entries_.find(ref.name);
-      if (e != entries_.end()) {
-        if (ref.label.empty()) {
-          known = e->second.latest_good;
-        } else if (auto l = e->second.label_good.find(ref.label); l != e->second.label_good.end()) {
-          known = l->second;
+    generation = GenerationLocked(ref.name);
+    // Hot path: with a watcher keeping entries_ current, a known model's
+    // latest version or label resolves from memory, with no file-system
+    // call.
+    if (watcher_ != nullptr) {
+      int64_t known = ref.version;
+      if (known == 0) {
+        auto e = entries_.find(ref.name);
+        if (e != entries_.end()) {
+          if (ref.label.empty()) {
+            known = e->second.latest_good;
+          } else if (auto l = e->second.label_good.find(ref.label);
+                     l != e->second.label_good.end()) {
+            known = l->second;
+          }
         }
       }
-    }
-    if (known > 0) {
-      if (auto it = cache_.find({ref.name, known}); it != cache_.end()) {
-        it->second.last_used = ++use_clock_;
-        return ServedModel{it->second.model, known};
+      if (known > 0) {
+        if (auto it = cache_.find({ref.name, known}); it != cache_.end()) {
+          it->second.last_used = ++use_clock_;
+          return ServedModel{it->second.model, known};
+        }
       }
     }
   }
   absl::StatusOr<int64_t> resolved = store_->Resolve(ref);
   if (!resolved.ok()) return resolved.status();
   int64_t version = *resolved;
-  absl::StatusOr<std::shared_ptr<const Model>> model = LoadVersion(ref.name, version);
+  absl::StatusOr<std::shared_ptr<const Model>> model = LoadVersion(ref.name, version, generation);
   if (model.ok()) {
     absl::MutexLock lock(&mu_);
+    if (GenerationLocked(ref.name) != generation) {
+      *raced = true;  // what `ref` names may have moved: record nothing
+      return ServedModel{*model, version};
+    }
     ModelEntry& e = entries_[ref.name];
     if (ref.version == 0 && ref.label.empty()) e.latest_good = std::max(e.latest_good, version);
     if (!ref.label.empty()) e.label_good[ref.label] = version;
     return ServedModel{*model, version};
   }
-  if (!absl::IsDataLoss(model.status()) || ref.version > 0) return model.status();
+  if (!absl::IsDataLoss(model.status()) || ref.version > 0) {
+    // NOT_FOUND for a version deleted while it loaded: the latest or the
+    // label may name another by now.
+    if (absl::IsNotFound(model.status()) && ref.version == 0) *raced = true;
+    return model.status();
+  }
   // The latest version or the label's target is corrupt: keep serving the
   // last good one.
   int64_t fallback = 0;
   {
     absl::MutexLock lock(&mu_);
-    const ModelEntry& e = entries_[ref.name];
-    if (ref.label.empty()) {
-      fallback = e.latest_good;
-    } else if (auto it = e.label_good.find(ref.label); it != e.label_good.end()) {
-      fallback = it->second;
+    auto e = entries_.find(ref.name);
+    if (e != entries_.end()) {
+      if (ref.label.empty()) {
+        fallback = e->second.latest_good;
+      } else if (auto it = e->second.label_good.find(ref.label); it != e->second.label_good.end()) {
+        fallback = it->second;
+      }
     }
   }
   if (fallback == 0 || fallback == version) return model.status();
-  absl::StatusOr<std::shared_ptr<const Model>> previous = LoadVersion(ref.name, fallback);
+  absl::StatusOr<std::shared_ptr<const Model>> previous =
+      LoadVersion(ref.name, fallback, generation);
   if (!previous.ok()) return model.status();
   return ServedModel{*previous, fallback};
 }
@@ -156,11 +203,17 @@ void ModelRegistry::Evict(const std::string& name, int64_t version) {
 
 void ModelRegistry::OnChanges(const std::vector<StoreChange>& changes) {
   for (const StoreChange& c : changes) {
+    uint64_t generation = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      generation = ++entries_[c.model].generation;
+    }
     switch (c.kind) {
       case StoreChange::Kind::kVersionAdded: {
         // Load (and verify) it now, so the first request does not wait and a
         // corrupt version is reported as soon as it appears.
-        absl::StatusOr<std::shared_ptr<const Model>> m = LoadVersion(c.model, c.version);
+        absl::StatusOr<std::shared_ptr<const Model>> m =
+            LoadVersion(c.model, c.version, generation);
         if (m.ok()) {
           absl::MutexLock lock(&mu_);
           ModelEntry& e = entries_[c.model];
@@ -183,7 +236,8 @@ void ModelRegistry::OnChanges(const std::vector<StoreChange>& changes) {
         break;
       }
       case StoreChange::Kind::kLabelSet: {
-        absl::StatusOr<std::shared_ptr<const Model>> m = LoadVersion(c.model, c.version);
+        absl::StatusOr<std::shared_ptr<const Model>> m =
+            LoadVersion(c.model, c.version, generation);
         if (m.ok()) {
           absl::MutexLock lock(&mu_);
           entries_[c.model].label_good[c.label] = c.version;

@@ -77,10 +77,25 @@ class ModelRegistry {
   struct ModelEntry {
     int64_t latest_good = 0;                      // newest version that loaded
     std::map<std::string, int64_t> label_good;    // label -> last good target
+    // Bumped by every store change the watcher applies to the model. A
+    // lookup that loaded outside the lock records what it found only if
+    // this did not move meanwhile: else a slow load could bring back a
+    // version deleted, or a label target moved, while it ran.
+    uint64_t generation = 0;
   };
 
+  // The model's generation (0 for a model with no entry yet).
+  uint64_t GenerationLocked(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Loads (or finds cached) version `version`, `generation` being the
+  // model's generation when the caller chose it. If the generation moved by
+  // the time the load ends, the version is cached only if the store still
+  // has it: NOT_FOUND otherwise.
   absl::StatusOr<std::shared_ptr<const Model>> LoadVersion(const std::string& name,
-                                                           int64_t version);
+                                                           int64_t version, uint64_t generation);
+  // One attempt at Get. *raced is set when the store changed the model
+  // while the attempt loaded: its answer was right when it began, but it
+  // recorded nothing.
+  absl::StatusOr<ServedModel> TryGet(const ModelRef& ref, bool* raced);
   void OnChanges(const std::vector<StoreChange>& changes);
   void Evict(const std::string& name, int64_t version);
   // Drops the least recently used versions beyond kMaxOtherVersions that
