@@ -133,7 +133,9 @@ TEST_F(CrashRecoveryTest, KillDuringTrainingAndPublishLeavesAConsistentStore) {
       EXPECT_NE(job.error().find("killed or crashed"), std::string::npos) << job.error();
       ++interrupted;
     }
-    if (i == 0) EXPECT_EQ(job.state(), v1::JOB_STATE_INTERRUPTED);
+    if (i == 0) {
+      EXPECT_EQ(job.state(), v1::JOB_STATE_INTERRUPTED);
+    }
   }
   EXPECT_GE(interrupted, killed_while_running);
   // The store serves its latest version, and no temporary is left in it.
