@@ -253,7 +253,11 @@ absl::StatusOr<int64_t> ModelStore::Publish(absl::string_view name, const Model&
                                             const ModelMetadata& metadata) {
   if (absl::Status s = ValidateStoreName(name, "model"); !s.ok()) return s;
   const std::string model_dir = ModelDir(name);
-  if (absl::Status s = MakeDirectory(model_dir); !s.ok()) return s;
+  if (!IsDirectory(model_dir)) {
+    // A new model: its folder's entry in the root must be durable too.
+    if (absl::Status s = MakeDirectory(model_dir); !s.ok()) return s;
+    if (absl::Status s = FsyncDirectory(root_); !s.ok()) return s;
+  }
   const std::string tmp = absl::StrCat(model_dir, "/", kTmpPrefix, RandomSuffix());
   absl::StatusOr<FileLock> tmp_lock = FileLock::Acquire(tmp + ".lock");
   if (!tmp_lock.ok()) return tmp_lock.status();
