@@ -222,7 +222,9 @@ absl::Status ModelStore::CleanLeftovers(const std::string& model_dir) const {
   for (const std::string& n : *names) {
     const std::string path = model_dir + "/" + n;
     if (absl::StartsWith(n, kDeletingPrefix)) {
-      if (absl::Status s = RemoveTree(path); !s.ok()) return s;
+      // Best effort, as in DeleteVersion: a file another replica still has
+      // open (NFS) can keep it a while, and must not stop this one opening.
+      RemoveTree(path).IgnoreError();
     } else if (absl::StartsWith(n, kTmpPrefix) && !absl::EndsWith(n, ".lock")) {
       // A publisher holds <tmp>.lock while it writes; a lock we can take
       // belongs to a publisher that died.
@@ -253,11 +255,7 @@ absl::StatusOr<int64_t> ModelStore::Publish(absl::string_view name, const Model&
                                             const ModelMetadata& metadata) {
   if (absl::Status s = ValidateStoreName(name, "model"); !s.ok()) return s;
   const std::string model_dir = ModelDir(name);
-  if (!IsDirectory(model_dir)) {
-    // A new model: its folder's entry in the root must be durable too.
-    if (absl::Status s = MakeDirectory(model_dir); !s.ok()) return s;
-    if (absl::Status s = FsyncDirectory(root_); !s.ok()) return s;
-  }
+  if (absl::Status s = MakeDirectory(model_dir); !s.ok()) return s;
   const std::string tmp = absl::StrCat(model_dir, "/", kTmpPrefix, RandomSuffix());
   absl::StatusOr<FileLock> tmp_lock = FileLock::Acquire(tmp + ".lock");
   if (!tmp_lock.ok()) return tmp_lock.status();
@@ -276,11 +274,17 @@ absl::StatusOr<int64_t> ModelStore::Publish(absl::string_view name, const Model&
   if (!state.ok()) return discard(state.status());
   absl::StatusOr<std::vector<int64_t>> versions = ListVersionNumbers(model_dir);
   if (!versions.ok()) return discard(versions.status());
+  // A model's first version: its folder's entry in the root must be as
+  // durable as the version (whoever created the folder).
+  if (versions->empty()) {
+    if (absl::Status s = FsyncDirectory(root_); !s.ok()) return discard(s);
+  }
   int64_t version = std::max(state->next_version, versions->empty() ? 1 : versions->back() + 1);
   // The number is recorded as taken before the version appears: a version
   // that was visible, even for a moment before a failure undid it, may have
   // been loaded by a replica, so its number must never name other bytes.
-  // A failure before the rename leaves the store as it was.
+  // A failed write of store.json leaves the store as it was; a failed
+  // rename leaves it with the number skipped.
   ModelState next = *state;
   while (true) {
     if (version > kMaxVersion) return discard(absl::ResourceExhaustedError("version numbers exhausted"));
@@ -291,7 +295,11 @@ absl::StatusOr<int64_t> ModelStore::Publish(absl::string_view name, const Model&
     const std::string target = absl::StrCat(model_dir, "/", version);
     if (::rename(tmp.c_str(), target.c_str()) == 0) break;
     if (errno != EEXIST && errno != ENOTEMPTY) {
-      return discard(ErrnoToStatus(errno, "cannot publish into", target));
+      absl::Status failed = ErrnoToStatus(errno, "cannot publish into", target);
+      // ENOTDIR (a file in the way) would read as NOT_FOUND: not about the
+      // caller's request.
+      if (absl::IsNotFound(failed)) failed = absl::InternalError(failed.message());
+      return discard(failed);
     }
     ++version;  // taken by a writer that does not use the lock
   }
@@ -345,6 +353,7 @@ absl::StatusOr<LoadedModel> ModelStore::Load(const ModelRef& ref) const {
   };
   if (!IsDirectory(dir)) return gone();
   absl::StatusOr<LoadedModel> loaded = LoadModelFolder(dir);
+  if (after_read_) after_read_(ref.name, *version);
   // A version deleted while it loaded (its folder renamed away) reads as a
   // missing file, which in a version that exists means corruption: tell
   // the two apart.
@@ -481,8 +490,8 @@ absl::StatusOr<StoreSnapshot> ModelStore::Snapshot() const {
     absl::StatusOr<ModelState> state = ReadState(ModelDir(name));
     if (state.ok()) m.labels = std::move(state->labels);
     // A model folder removed meanwhile is simply empty.
-    m.complete = (versions.ok() || absl::IsNotFound(versions.status())) &&
-                 (state.ok() || absl::IsNotFound(state.status()));
+    m.versions_read = versions.ok() || absl::IsNotFound(versions.status());
+    m.labels_read = state.ok() || absl::IsNotFound(state.status());
   }
   return snap;
 }

@@ -23,6 +23,7 @@
 #define SAE_CORE_MODEL_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -67,9 +68,10 @@ struct StoreSnapshot {
   struct ModelState {
     std::vector<int64_t> versions;  // ascending
     std::map<std::string, int64_t> labels;
-    // False when reading the model's versions or labels failed (an I/O
-    // error, not an absence): they are then unknown, not empty.
-    bool complete = true;
+    // False when reading the model's versions (labels) failed with an I/O
+    // error, not an absence: they are then unknown, not empty.
+    bool versions_read = true;
+    bool labels_read = true;
   };
   std::map<std::string, ModelState> models;
 };
@@ -122,12 +124,20 @@ class ModelStore {
 
   absl::StatusOr<StoreSnapshot> Snapshot() const;
 
+  // For tests: called on the loading thread when Load has read a version's
+  // files, before it checks that the version is still there. Set before
+  // the store is in use.
+  void set_after_read_for_testing(std::function<void(const std::string& name, int64_t version)> hook) {
+    after_read_ = std::move(hook);
+  }
+
  private:
   explicit ModelStore(std::string root) : root_(std::move(root)) {}
   std::string ModelDir(absl::string_view name) const;
   absl::Status CleanLeftovers(const std::string& model_dir) const;
 
   const std::string root_;
+  std::function<void(const std::string&, int64_t)> after_read_;
 };
 
 }  // namespace sae

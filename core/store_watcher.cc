@@ -33,17 +33,20 @@ void StoreWatcher::PollNow() {
   // one failed read (EMFILE, EIO, a stale NFS handle) must not read as
   // every version and label removed, then all added again.
   for (auto it = now->models.begin(); it != now->models.end();) {
-    if (it->second.complete) {
+    StoreSnapshot::ModelState& m = it->second;
+    if (m.versions_read && m.labels_read) {
       ++it;
       continue;
     }
     auto known = last_.models.find(it->first);
     if (known == last_.models.end()) {
       it = now->models.erase(it);  // not seen yet: wait for a full read
-    } else {
-      it->second = known->second;
-      ++it;
+      continue;
     }
+    if (!m.versions_read) m.versions = known->second.versions;
+    if (!m.labels_read) m.labels = known->second.labels;
+    m.versions_read = m.labels_read = true;
+    ++it;
   }
   std::vector<StoreChange> changes = DiffSnapshots(last_, *now);
   last_ = std::move(*now);

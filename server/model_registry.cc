@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 #include <set>
 #include <vector>
 
@@ -113,13 +114,18 @@ absl::StatusOr<std::shared_ptr<const Model>> ModelRegistry::LoadVersion(const st
 absl::StatusOr<ServedModel> ModelRegistry::Get(const ModelRef& ref) {
   // A store that keeps changing the model while lookups load could race
   // every attempt; after a few, the last answer is served as it stands.
+  // An attempt that raced but found a model is kept: a later attempt that
+  // fails (a transient file-system error) does not turn it into an error.
   constexpr int kAttempts = 3;
   absl::StatusOr<ServedModel> served = absl::UnknownError("no attempt made");
+  std::optional<ServedModel> raced_ok;
   for (int attempt = 0; attempt < kAttempts; ++attempt) {
     bool raced = false;
     served = TryGet(ref, &raced);
     if (!raced) break;
+    if (served.ok()) raced_ok = *served;
   }
+  if (!served.ok() && raced_ok.has_value()) return *raced_ok;
   return served;
 }
 
