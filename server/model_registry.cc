@@ -193,6 +193,25 @@ absl::StatusOr<ServedModel> ModelRegistry::TryGet(const ModelRef& ref, bool* rac
       }
     }
   }
+  if (fallback == 0 && ref.label.empty()) {
+    // No good version is known (the last one was deleted): the newest older
+    // version that loads stands in, and is remembered as the latest good.
+    absl::StatusOr<std::vector<VersionInfo>> versions = store_->ListVersions(ref.name);
+    if (!versions.ok()) return model.status();
+    for (auto it = versions->rbegin(); it != versions->rend(); ++it) {
+      if (it->version >= version) continue;
+      absl::StatusOr<std::shared_ptr<const Model>> older =
+          LoadVersion(ref.name, it->version, generation);
+      if (!older.ok()) continue;
+      absl::MutexLock lock(&mu_);
+      if (GenerationLocked(ref.name) == generation) {
+        ModelEntry& e = entries_[ref.name];
+        e.latest_good = std::max(e.latest_good, it->version);
+      }
+      return ServedModel{*older, it->version};
+    }
+    return model.status();
+  }
   if (fallback == 0 || fallback == version) return model.status();
   absl::StatusOr<std::shared_ptr<const Model>> previous =
       LoadVersion(ref.name, fallback, generation);

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <fstream>
 #include <functional>
 #include <thread>
 
@@ -154,6 +155,33 @@ TEST_F(ModelRegistryTest, ASlowLoadDoesNotBringBackADeletedVersion) {
   ASSERT_TRUE(latest.ok()) << latest.status();
   EXPECT_EQ(latest->version, 1);
   EXPECT_EQ(registry.reload_failures(), 0);
+}
+
+// A corrupt latest version is refused and the last good one serves; when
+// that one is deleted, the newest older version that loads takes over
+// (not DATA_LOSS while a good version exists).
+TEST_F(ModelRegistryTest, ACorruptLatestFallsBackPastADeletedGoodVersion) {
+  ASSERT_EQ(Publish(1.0f), 1);
+  ASSERT_EQ(Publish(2.0f), 2);
+  ModelRegistry registry(store_.get(), std::chrono::hours(1));
+  ASSERT_EQ(registry.Get(ModelRef::Latest("m"))->version, 2);
+  ASSERT_EQ(Publish(3.0f), 3);
+  {
+    std::fstream f(root_ + "/m/3/sae_weights.safetensors",
+                   std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-3, std::ios::end);
+    f.put('\x7f');
+  }
+  registry.Refresh();  // 3 is refused
+  ASSERT_EQ(registry.Get(ModelRef::Latest("m"))->version, 2);
+  ASSERT_TRUE(store_->DeleteVersion("m", 2, /*force=*/false).ok());
+  registry.Refresh();
+  absl::StatusOr<ServedModel> latest = registry.Get(ModelRef::Latest("m"));
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  EXPECT_EQ(latest->version, 1);
+  EXPECT_EQ(latest->model->weights().b_dec[0], 1.0f);
+  EXPECT_EQ(registry.Get(ModelRef::Version("m", 3)).status().code(),
+            absl::StatusCode::kDataLoss);
 }
 
 // A poll that cannot read a model's labels (here its store.json is, for a
