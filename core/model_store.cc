@@ -80,14 +80,28 @@ bool IsDirectory(const std::string& path) {
   return ::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+// IsDirectory for listings: an entry that cannot be examined (EIO, a stale
+// NFS handle) is an error, not an absence, so that a poll does not read it
+// as removed.
+absl::StatusOr<bool> DirectoryAt(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return false;
+    return ErrnoToStatus(errno, "cannot examine", path);
+  }
+  return S_ISDIR(st.st_mode);
+}
+
 absl::StatusOr<std::vector<int64_t>> ListVersionNumbers(const std::string& model_dir) {
   absl::StatusOr<std::vector<std::string>> names = ListDirectory(model_dir);
   if (!names.ok()) return names.status();
   std::vector<int64_t> versions;
   for (const std::string& n : *names) {
-    if (std::optional<int64_t> v = ParseVersionName(n); v && IsDirectory(model_dir + "/" + n)) {
-      versions.push_back(*v);
-    }
+    std::optional<int64_t> v = ParseVersionName(n);
+    if (!v) continue;
+    absl::StatusOr<bool> dir = DirectoryAt(model_dir + "/" + n);
+    if (!dir.ok()) return dir.status();
+    if (*dir) versions.push_back(*v);
   }
   std::sort(versions.begin(), versions.end());
   return versions;
@@ -366,7 +380,10 @@ absl::StatusOr<std::vector<std::string>> ModelStore::ListModels() const {
   if (!names.ok()) return names.status();
   std::vector<std::string> out;
   for (const std::string& n : *names) {
-    if (ValidateStoreName(n, "model").ok() && IsDirectory(root_ + "/" + n)) out.push_back(n);
+    if (!ValidateStoreName(n, "model").ok()) continue;
+    absl::StatusOr<bool> dir = DirectoryAt(root_ + "/" + n);
+    if (!dir.ok()) return dir.status();
+    if (*dir) out.push_back(n);
   }
   std::sort(out.begin(), out.end());
   return out;
