@@ -21,6 +21,11 @@ WriteFaultHook& Hook() {
   return *hook;
 }
 
+StatFaultHook& StatHook() {
+  static StatFaultHook* hook = new StatFaultHook();
+  return *hook;
+}
+
 absl::Status WriteAll(int fd, absl::string_view data, const std::string& path) {
   while (!data.empty()) {
     const ssize_t n = ::write(fd, data.data(), data.size());
@@ -43,6 +48,7 @@ std::string Parent(const std::string& path) {
 }  // namespace
 
 void SetWriteFaultHookForTesting(WriteFaultHook hook) { Hook() = std::move(hook); }
+void SetStatFaultHookForTesting(StatFaultHook hook) { StatHook() = std::move(hook); }
 
 absl::Status WriteFileDurably(const std::string& path,
                               const std::vector<absl::string_view>& pieces) {
@@ -61,9 +67,14 @@ absl::Status WriteFileDurably(const std::string& path,
 }
 
 absl::Status ReplaceFileAtomically(const std::string& path, absl::string_view content) {
+  return ReplaceFileAtomically(path, std::vector<absl::string_view>{content});
+}
+
+absl::Status ReplaceFileAtomically(const std::string& path,
+                                   const std::vector<absl::string_view>& pieces) {
   std::random_device rd;
   const std::string tmp = absl::StrCat(path, ".tmp-", ::getpid(), "-", rd());
-  if (absl::Status s = WriteFileDurably(tmp, {content}); !s.ok()) return s;
+  if (absl::Status s = WriteFileDurably(tmp, pieces); !s.ok()) return s;
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     const int e = errno;
     ::unlink(tmp.c_str());
@@ -162,6 +173,17 @@ absl::StatusOr<std::vector<std::string>> ListDirectory(const std::string& path) 
 bool PathExists(const std::string& path) {
   struct stat st;
   return ::lstat(path.c_str(), &st) == 0;
+}
+
+absl::StatusOr<bool> IsFolder(const std::string& path) {
+  struct stat st;
+  const int injected = StatHook() ? StatHook()(path) : 0;
+  if (injected != 0 || ::lstat(path.c_str(), &st) != 0) {
+    const int e = injected != 0 ? injected : errno;
+    if (e == ENOENT || e == ENOTDIR) return false;
+    return ErrnoToStatus(e, "cannot examine", path);
+  }
+  return S_ISDIR(st.st_mode);
 }
 
 absl::StatusOr<FileLock> FileLock::Acquire(const std::string& path) {

@@ -25,6 +25,9 @@ absl::Status WriteFileDurably(const std::string& path,
 // Writes `path` atomically: to a sibling temporary, fsync, rename over
 // `path`, fsync the parent folder. Readers see the old or the new content.
 absl::Status ReplaceFileAtomically(const std::string& path, absl::string_view content);
+// The same for content given in pieces, written in order.
+absl::Status ReplaceFileAtomically(const std::string& path,
+                                   const std::vector<absl::string_view>& pieces);
 
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path, size_t max_bytes);
 
@@ -43,6 +46,11 @@ absl::Status RemoveTree(const std::string& path);
 // Names in a folder (without "." and "..").
 absl::StatusOr<std::vector<std::string>> ListDirectory(const std::string& path);
 bool PathExists(const std::string& path);
+// Whether `path` is a folder (by lstat: a symlink to one is not). False when
+// nothing is there (ENOENT, ENOTDIR). An entry that cannot be examined (EIO,
+// a stale NFS handle) is an error, so that callers do not take a folder they
+// cannot read for one that is gone.
+absl::StatusOr<bool> IsFolder(const std::string& path);
 
 // An exclusive flock(2) on a lock file, released on destruction.
 class FileLock {
@@ -66,6 +74,12 @@ class FileLock {
 // while writes run; tests set it and clear it with nullptr.
 using WriteFaultHook = std::function<absl::Status(const std::string& path)>;
 void SetWriteFaultHookForTesting(WriteFaultHook hook);
+
+// Test hook: when set, IsFolder calls it with the path first; a nonzero
+// result is taken as the errno of a failed lstat. Same threading rule as the
+// write hook.
+using StatFaultHook = std::function<int(const std::string& path)>;
+void SetStatFaultHookForTesting(StatFaultHook hook);
 
 }  // namespace sae
 

@@ -75,21 +75,30 @@ std::optional<int64_t> ParseVersionName(const std::string& name) {
   return v;
 }
 
-bool IsDirectory(const std::string& path) {
-  struct stat st;
-  return ::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+absl::Status UnknownModel(absl::string_view name) {
+  return absl::NotFoundError(absl::StrCat("unknown model '", name, "'"));
 }
 
-// IsDirectory for listings: an entry that cannot be examined (EIO, a stale
-// NFS handle) is an error, not an absence, so that a poll does not read it
-// as removed.
-absl::StatusOr<bool> DirectoryAt(const std::string& path) {
-  struct stat st;
-  if (::lstat(path.c_str(), &st) != 0) {
-    if (errno == ENOENT || errno == ENOTDIR) return false;
-    return ErrnoToStatus(errno, "cannot examine", path);
-  }
-  return S_ISDIR(st.st_mode);
+absl::Status NoSuchVersion(absl::string_view name, int64_t version) {
+  return absl::NotFoundError(absl::StrCat("model '", name, "' has no version ", version));
+}
+
+// OK when model `name` has a folder at `model_dir`; NOT_FOUND when it has
+// none; IsFolder's error when the folder cannot be examined (a transient
+// I/O error is not the model's removal).
+absl::Status CheckModelFolder(const std::string& model_dir, absl::string_view name) {
+  absl::StatusOr<bool> folder = IsFolder(model_dir);
+  if (!folder.ok()) return folder.status();
+  return *folder ? absl::OkStatus() : UnknownModel(name);
+}
+
+// The same for version `version` of model `name`.
+absl::Status CheckVersionFolder(const std::string& model_dir, absl::string_view name,
+                                int64_t version) {
+  if (version < 1) return NoSuchVersion(name, version);
+  absl::StatusOr<bool> folder = IsFolder(absl::StrCat(model_dir, "/", version));
+  if (!folder.ok()) return folder.status();
+  return *folder ? absl::OkStatus() : NoSuchVersion(name, version);
 }
 
 absl::StatusOr<std::vector<int64_t>> ListVersionNumbers(const std::string& model_dir) {
@@ -99,7 +108,7 @@ absl::StatusOr<std::vector<int64_t>> ListVersionNumbers(const std::string& model
   for (const std::string& n : *names) {
     std::optional<int64_t> v = ParseVersionName(n);
     if (!v) continue;
-    absl::StatusOr<bool> dir = DirectoryAt(model_dir + "/" + n);
+    absl::StatusOr<bool> dir = IsFolder(model_dir + "/" + n);
     if (!dir.ok()) return dir.status();
     if (*dir) versions.push_back(*v);
   }
@@ -217,14 +226,20 @@ absl::StatusOr<std::unique_ptr<ModelStore>> ModelStore::Open(const std::string& 
     if (absl::Status s = MakeDirectory(prefix); !s.ok()) return s;
     if (pos == std::string::npos) break;
   }
-  if (!IsDirectory(root)) {
+  absl::StatusOr<bool> root_is_folder = IsFolder(root);
+  if (!root_is_folder.ok()) return root_is_folder.status();
+  if (!*root_is_folder) {
     return absl::FailedPreconditionError(absl::StrCat("store root '", root, "' is not a folder"));
   }
   std::unique_ptr<ModelStore> store(new ModelStore(root));
   absl::StatusOr<std::vector<std::string>> names = ListDirectory(root);
   if (!names.ok()) return names.status();
   for (const std::string& name : *names) {
-    if (!ValidateStoreName(name, "model").ok() || !IsDirectory(root + "/" + name)) continue;
+    // Best effort, as the cleaning itself: an entry that cannot be examined
+    // now is left for the next start.
+    if (!ValidateStoreName(name, "model").ok() || !IsFolder(root + "/" + name).value_or(false)) {
+      continue;
+    }
     if (absl::Status s = store->CleanLeftovers(root + "/" + name); !s.ok()) return s;
   }
   return store;
@@ -331,13 +346,9 @@ absl::StatusOr<int64_t> ModelStore::Publish(absl::string_view name, const Model&
 absl::StatusOr<int64_t> ModelStore::Resolve(const ModelRef& ref) const {
   if (absl::Status s = ValidateStoreName(ref.name, "model"); !s.ok()) return s;
   const std::string model_dir = ModelDir(ref.name);
-  if (!IsDirectory(model_dir)) {
-    return absl::NotFoundError(absl::StrCat("unknown model '", ref.name, "'"));
-  }
+  if (absl::Status s = CheckModelFolder(model_dir, ref.name); !s.ok()) return s;
   if (ref.version > 0) {
-    if (!IsDirectory(absl::StrCat(model_dir, "/", ref.version))) {
-      return absl::NotFoundError(absl::StrCat("model '", ref.name, "' has no version ", ref.version));
-    }
+    if (absl::Status s = CheckVersionFolder(model_dir, ref.name, ref.version); !s.ok()) return s;
     return ref.version;
   }
   if (!ref.label.empty()) {
@@ -361,17 +372,16 @@ absl::StatusOr<int64_t> ModelStore::Resolve(const ModelRef& ref) const {
 absl::StatusOr<LoadedModel> ModelStore::Load(const ModelRef& ref) const {
   absl::StatusOr<int64_t> version = Resolve(ref);
   if (!version.ok()) return version.status();
-  const std::string dir = absl::StrCat(ModelDir(ref.name), "/", *version);
-  const auto gone = [&] {
-    return absl::NotFoundError(absl::StrCat("model '", ref.name, "' has no version ", *version));
-  };
-  if (!IsDirectory(dir)) return gone();
-  absl::StatusOr<LoadedModel> loaded = LoadModelFolder(dir);
+  const std::string model_dir = ModelDir(ref.name);
+  if (absl::Status s = CheckVersionFolder(model_dir, ref.name, *version); !s.ok()) return s;
+  absl::StatusOr<LoadedModel> loaded = LoadModelFolder(absl::StrCat(model_dir, "/", *version));
   if (after_read_) after_read_(ref.name, *version);
   // A version deleted while it loaded (its folder renamed away) reads as a
   // missing file, which in a version that exists means corruption: tell
   // the two apart.
-  if (absl::IsDataLoss(loaded.status()) && !IsDirectory(dir)) return gone();
+  if (absl::IsDataLoss(loaded.status())) {
+    if (absl::Status s = CheckVersionFolder(model_dir, ref.name, *version); !s.ok()) return s;
+  }
   return loaded;
 }
 
@@ -381,7 +391,7 @@ absl::StatusOr<std::vector<std::string>> ModelStore::ListModels() const {
   std::vector<std::string> out;
   for (const std::string& n : *names) {
     if (!ValidateStoreName(n, "model").ok()) continue;
-    absl::StatusOr<bool> dir = DirectoryAt(root_ + "/" + n);
+    absl::StatusOr<bool> dir = IsFolder(root_ + "/" + n);
     if (!dir.ok()) return dir.status();
     if (*dir) out.push_back(n);
   }
@@ -391,9 +401,7 @@ absl::StatusOr<std::vector<std::string>> ModelStore::ListModels() const {
 
 absl::StatusOr<std::map<std::string, int64_t>> ModelStore::Labels(absl::string_view name) const {
   if (absl::Status s = ValidateStoreName(name, "model"); !s.ok()) return s;
-  if (!IsDirectory(ModelDir(name))) {
-    return absl::NotFoundError(absl::StrCat("unknown model '", name, "'"));
-  }
+  if (absl::Status s = CheckModelFolder(ModelDir(name), name); !s.ok()) return s;
   absl::StatusOr<ModelState> state = ReadState(ModelDir(name));
   if (!state.ok()) return state.status();
   return state->labels;
@@ -425,15 +433,13 @@ absl::StatusOr<std::vector<VersionInfo>> ModelStore::ListVersions(absl::string_v
 absl::Status ModelStore::DeleteVersion(absl::string_view name, int64_t version, bool force) {
   if (absl::Status s = ValidateStoreName(name, "model"); !s.ok()) return s;
   const std::string model_dir = ModelDir(name);
-  if (!IsDirectory(model_dir)) return absl::NotFoundError(absl::StrCat("unknown model '", name, "'"));
+  if (absl::Status s = CheckModelFolder(model_dir, name); !s.ok()) return s;
   std::string doomed;
   {
     absl::StatusOr<FileLock> lock = FileLock::Acquire(model_dir + "/" + kLockFile);
     if (!lock.ok()) return lock.status();
+    if (absl::Status s = CheckVersionFolder(model_dir, name, version); !s.ok()) return s;
     const std::string dir = absl::StrCat(model_dir, "/", version);
-    if (version < 1 || !IsDirectory(dir)) {
-      return absl::NotFoundError(absl::StrCat("model '", name, "' has no version ", version));
-    }
     absl::StatusOr<ModelState> state = ReadState(model_dir);
     if (!state.ok()) return state.status();
     std::vector<std::string> pointing;
@@ -469,12 +475,10 @@ absl::Status ModelStore::SetLabel(absl::string_view name, absl::string_view labe
     return absl::InvalidArgumentError("'latest' is reserved: it always means the newest version");
   }
   const std::string model_dir = ModelDir(name);
-  if (!IsDirectory(model_dir)) return absl::NotFoundError(absl::StrCat("unknown model '", name, "'"));
+  if (absl::Status s = CheckModelFolder(model_dir, name); !s.ok()) return s;
   absl::StatusOr<FileLock> lock = FileLock::Acquire(model_dir + "/" + kLockFile);
   if (!lock.ok()) return lock.status();
-  if (version < 1 || !IsDirectory(absl::StrCat(model_dir, "/", version))) {
-    return absl::NotFoundError(absl::StrCat("model '", name, "' has no version ", version));
-  }
+  if (absl::Status s = CheckVersionFolder(model_dir, name, version); !s.ok()) return s;
   absl::StatusOr<ModelState> state = ReadState(model_dir);
   if (!state.ok()) return state.status();
   state->labels[std::string(label)] = version;
@@ -485,7 +489,7 @@ absl::Status ModelStore::RemoveLabel(absl::string_view name, absl::string_view l
   if (absl::Status s = ValidateStoreName(name, "model"); !s.ok()) return s;
   if (absl::Status s = ValidateStoreName(label, "label"); !s.ok()) return s;
   const std::string model_dir = ModelDir(name);
-  if (!IsDirectory(model_dir)) return absl::NotFoundError(absl::StrCat("unknown model '", name, "'"));
+  if (absl::Status s = CheckModelFolder(model_dir, name); !s.ok()) return s;
   absl::StatusOr<FileLock> lock = FileLock::Acquire(model_dir + "/" + kLockFile);
   if (!lock.ok()) return lock.status();
   absl::StatusOr<ModelState> state = ReadState(model_dir);

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -32,6 +33,7 @@ class ModelStoreTest : public ::testing::Test {
   }
   void TearDown() override {
     SetWriteFaultHookForTesting(nullptr);
+    SetStatFaultHookForTesting(nullptr);
     RemoveTree(root_).IgnoreError();
   }
 
@@ -76,6 +78,49 @@ TEST_F(ModelStoreTest, UnknownModelsVersionsAndLabelsAreNotFound) {
   EXPECT_EQ(store_->SetLabel("m", "stable", 9).code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(store_->RemoveLabel("m", "stable").code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(store_->DeleteVersion("m", 3, false).code(), absl::StatusCode::kNotFound);
+}
+
+// A folder that cannot be examined (EIO: a failing disk, a stale NFS handle)
+// is an error, never read as absent: a client must not be told a model or
+// version does not exist, nor a poll see it removed, because of a transient
+// fault.
+TEST_F(ModelStoreTest, AFolderThatCannotBeExaminedIsAnErrorNotAnAbsence) {
+  ASSERT_TRUE(store_->Publish("m", *SmallModel(1), {}).ok());
+  ASSERT_TRUE(store_->Publish("m", *SmallModel(2), {}).ok());
+  ASSERT_TRUE(store_->SetLabel("m", "stable", 2).ok());
+  std::string failing;
+  SetStatFaultHookForTesting([&](const std::string& path) { return path == failing ? EIO : 0; });
+  const auto internal = absl::StatusCode::kInternal;
+
+  failing = root_ + "/m/2";
+  EXPECT_EQ(store_->Resolve(ModelRef::Version("m", 2)).status().code(), internal);
+  EXPECT_EQ(store_->Resolve(ModelRef::Latest("m")).status().code(), internal);
+  EXPECT_EQ(store_->Load(ModelRef::Version("m", 2)).status().code(), internal);
+  EXPECT_EQ(store_->ListVersions("m").status().code(), internal);
+  EXPECT_EQ(store_->DeleteVersion("m", 2, true).code(), internal);
+  EXPECT_EQ(store_->SetLabel("m", "canary", 2).code(), internal);
+  absl::StatusOr<StoreSnapshot> snap = store_->Snapshot();
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  EXPECT_FALSE(snap->models.at("m").versions_read);
+  EXPECT_TRUE(snap->models.at("m").labels_read);
+  // The other version is still served, and the message names the folder.
+  EXPECT_TRUE(store_->Load(ModelRef::Version("m", 1)).ok());
+  EXPECT_NE(store_->Load(ModelRef::Version("m", 2)).status().message().find(failing),
+            std::string::npos);
+
+  failing = root_ + "/m";
+  EXPECT_EQ(store_->Load(ModelRef::Version("m", 1)).status().code(), internal);
+  EXPECT_EQ(store_->Load(ModelRef::Label("m", "stable")).status().code(), internal);
+  EXPECT_EQ(store_->Labels("m").status().code(), internal);
+  EXPECT_EQ(store_->RemoveLabel("m", "stable").code(), internal);
+  EXPECT_EQ(store_->ListModels().status().code(), internal);
+  EXPECT_EQ(store_->Snapshot().status().code(), internal);
+
+  // Nothing changed meanwhile, and nothing is lost once the fault clears.
+  SetStatFaultHookForTesting(nullptr);
+  EXPECT_EQ(*store_->Resolve(ModelRef::Latest("m")), 2);
+  EXPECT_EQ(*store_->Resolve(ModelRef::Label("m", "stable")), 2);
+  EXPECT_EQ(store_->ListVersions("m")->size(), 2u);
 }
 
 TEST_F(ModelStoreTest, BadNamesAreRejectedAndNothingLeavesTheRoot) {
