@@ -1,5 +1,6 @@
 #include "core/dataset_io.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -14,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "core/file_util.h"
 #include "core/mapped_file.h"
 
 namespace sae {
@@ -143,24 +145,6 @@ void ConvertInto(const char* src, int64_t count, float scale, float* dst) {
   }
 }
 
-absl::Status WriteFileAtomically(const std::string& path, absl::string_view bytes) {
-  const std::string tmp = path + ".tmp";
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (f == nullptr) return ErrnoToStatus(errno, "cannot create", tmp);
-  const bool wrote = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
-  const int write_errno = errno;
-  if (std::fclose(f) != 0 || !wrote) {
-    std::remove(tmp.c_str());
-    return ErrnoToStatus(wrote ? errno : write_errno, "cannot write", tmp);
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int e = errno;
-    std::remove(tmp.c_str());
-    return ErrnoToStatus(e, "cannot rename into", path);
-  }
-  return absl::OkStatus();
-}
-
 bool EndsWith(absl::string_view s, absl::string_view suffix) {
   return s.size() >= suffix.size() &&
          absl::AsciiStrToLower(s.substr(s.size() - suffix.size())) == suffix;
@@ -271,73 +255,110 @@ absl::StatusOr<RowMatrix> ReadNpy(const std::string& path,
   return m;
 }
 
-std::string EncodeNpy(ConstMatrixRef m) {
+namespace {
+
+// The magic, version 1.0, header length and the padded dict of a '<f4' .npy
+// of shape [rows, cols]: what comes before the data.
+std::string NpyPreamble(int64_t rows, int64_t cols) {
   std::string dict = absl::StrCat("{'descr': '<f4', 'fortran_order': False, 'shape': (",
-                                  m.rows(), ", ", m.cols(), "), }");
+                                  rows, ", ", cols, "), }");
   // Pad so that the data starts on a 64-byte boundary; end with '\n'.
   const size_t unpadded = 10 + dict.size() + 1;
   dict.append((64 - unpadded % 64) % 64, ' ');
   dict.push_back('\n');
-  std::string out;
-  out.reserve(10 + dict.size() + static_cast<size_t>(m.size()) * 4);
-  out.append(kNpyMagic.data(), kNpyMagic.size());
+  std::string out(kNpyMagic.data(), kNpyMagic.size());
   out.push_back('\x01');
   out.push_back('\x00');
   out.push_back(static_cast<char>(dict.size() & 0xff));
   out.push_back(static_cast<char>((dict.size() >> 8) & 0xff));
   out.append(dict);
+  return out;
+}
+
+absl::string_view RowBytes(ConstMatrixRef m, Eigen::Index r) {
+  return absl::string_view(reinterpret_cast<const char*>(m.row(r).data()),
+                           static_cast<size_t>(m.cols()) * sizeof(float));
+}
+
+}  // namespace
+
+std::string EncodeNpy(ConstMatrixRef m) {
+  std::string out = NpyPreamble(m.rows(), m.cols());
+  out.reserve(out.size() + static_cast<size_t>(m.size()) * sizeof(float));
   for (Eigen::Index r = 0; r < m.rows(); ++r) {
-    out.append(reinterpret_cast<const char*>(m.row(r).data()),
-               static_cast<size_t>(m.cols()) * sizeof(float));
+    const absl::string_view row = RowBytes(m, r);
+    out.append(row.data(), row.size());
   }
   return out;
 }
 
 absl::Status WriteNpy(const std::string& path, ConstMatrixRef m) {
-  return WriteFileAtomically(path, EncodeNpy(m));
+  // Written from the matrix itself, not through a copy: datasets are large.
+  const std::string preamble = NpyPreamble(m.rows(), m.cols());
+  std::vector<absl::string_view> pieces = {preamble};
+  if (m.rows() > 0 && m.outerStride() == m.cols()) {
+    pieces.push_back(absl::string_view(reinterpret_cast<const char*>(m.data()),
+                                       static_cast<size_t>(m.size()) * sizeof(float)));
+  } else {
+    for (Eigen::Index r = 0; r < m.rows(); ++r) pieces.push_back(RowBytes(m, r));
+  }
+  return ReplaceFileAtomically(path, pieces);
 }
 
+namespace {
+
+// Parses every comma-separated field of `line` (spaces around values
+// allowed), calling put(index, value); false at the first field that is not
+// a number.
+template <typename Put>
+bool ParseCsvLine(absl::string_view line, Put put) {
+  int64_t i = 0;
+  for (absl::string_view field : absl::StrSplit(line, ',')) {
+    float v;
+    if (!absl::SimpleAtof(absl::StripAsciiWhitespace(field), &v)) return false;
+    put(i++, v);
+  }
+  return true;
+}
+
+}  // namespace
+
 absl::StatusOr<RowMatrix> ParseCsv(absl::string_view text) {
-  std::vector<float> values;
-  int64_t cols = -1, rows = 0, line_no = 0;
-  bool first_content_line = true;
+  // Two passes, so that the result is the only allocation: the first finds
+  // the header, the width and the row count and checks every row's width;
+  // the second parses the values into place. rows x cols is then the number
+  // of fields in the file, each at least two bytes of it.
+  int64_t cols = -1, rows = 0, line_no = 0, header_line = 0;
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     ++line_no;
     line = absl::StripAsciiWhitespace(line);
     if (line.empty()) continue;
-    std::vector<absl::string_view> fields = absl::StrSplit(line, ',');
-    std::vector<float> row;
-    row.reserve(fields.size());
-    bool numeric = true;
-    for (absl::string_view field : fields) {
-      float v;
-      if (!absl::SimpleAtof(absl::StripAsciiWhitespace(field), &v)) {
-        numeric = false;
-        break;
-      }
-      row.push_back(v);
+    const int64_t fields = 1 + static_cast<int64_t>(std::count(line.begin(), line.end(), ','));
+    if (cols < 0 && header_line == 0 && !ParseCsvLine(line, [](int64_t, float) {})) {
+      header_line = line_no;  // a first line that is not numeric is a header
+      continue;
     }
-    if (!numeric) {
-      if (first_content_line) {  // a header
-        first_content_line = false;
-        continue;
-      }
+    if (cols < 0) cols = fields;
+    if (fields != cols) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "CSV line ", line_no, ": a value is not a number"));
+          "CSV line ", line_no, " has ", fields, " values, earlier rows have ", cols));
     }
-    first_content_line = false;
-    if (cols < 0) cols = static_cast<int64_t>(row.size());
-    if (static_cast<int64_t>(row.size()) != cols) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "CSV line ", line_no, " has ", row.size(), " values, earlier rows have ",
-          cols));
-    }
-    values.insert(values.end(), row.begin(), row.end());
     ++rows;
   }
   if (rows == 0) return absl::InvalidArgumentError("CSV holds no data rows");
   RowMatrix out(rows, cols);
-  std::memcpy(out.data(), values.data(), values.size() * sizeof(float));
+  int64_t r = 0;
+  line_no = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    ++line_no;
+    line = absl::StripAsciiWhitespace(line);
+    if (line.empty() || line_no == header_line) continue;
+    float* row = out.row(r++).data();
+    if (!ParseCsvLine(line, [row](int64_t i, float v) { row[i] = v; })) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "CSV line ", line_no, ": a value is not a number"));
+    }
+  }
   return out;
 }
 
@@ -361,7 +382,7 @@ absl::Status WriteCsv(const std::string& path, ConstMatrixRef m) {
     }
     out.push_back('\n');
   }
-  return WriteFileAtomically(path, out);
+  return ReplaceFileAtomically(path, out);
 }
 
 absl::StatusOr<RowMatrix> ReadRawFloat32(const std::string& path, int64_t cols,
@@ -374,7 +395,12 @@ absl::StatusOr<RowMatrix> ReadRawFloat32(const std::string& path, int64_t cols,
   absl::StatusOr<std::unique_ptr<MappedFile>> file = MappedFile::Open(path);
   if (!file.ok()) return file.status();
   const absl::string_view bytes = (*file)->bytes();
-  const uint64_t row_bytes = static_cast<uint64_t>(cols) * 4;
+  if (static_cast<uint64_t>(cols) > bytes.size() / sizeof(float)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": one row of ", cols, " float32 values is larger than the file (",
+        bytes.size(), " bytes)"));
+  }
+  const uint64_t row_bytes = static_cast<uint64_t>(cols) * sizeof(float);
   if (bytes.size() % row_bytes != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         path, ": ", bytes.size(), " bytes is not a whole number of rows of ",

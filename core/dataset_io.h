@@ -33,14 +33,17 @@ absl::StatusOr<RowMatrix> ReadNpy(const std::string& path,
 
 // Serialises as a version 1.0 '<f4' .npy of shape [rows, cols].
 std::string EncodeNpy(ConstMatrixRef m);
-// Writes atomically enough for datasets: to path + ".tmp", then renames.
+// Writes atomically and durably (file_util.h's ReplaceFileAtomically): a
+// reader sees the old file or the whole new one, also after a crash.
 absl::Status WriteNpy(const std::string& path, ConstMatrixRef m);
 
 // CSV: one row per line, values separated by commas (spaces around them
 // allowed), every row the same width. A first line that is not numeric is
 // taken as a header and skipped. Blank lines are skipped.
+// The only allocation is the result (4 bytes a value).
 absl::StatusOr<RowMatrix> ParseCsv(absl::string_view text);
 absl::StatusOr<RowMatrix> ReadCsv(const std::string& path);
+// Written as WriteNpy is.
 absl::Status WriteCsv(const std::string& path, ConstMatrixRef m);
 
 // Raw little-endian float32, row-major, `cols` values per row. The file size

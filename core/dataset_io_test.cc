@@ -4,10 +4,13 @@
 
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "core/file_util.h"
 #include "gtest/gtest.h"
 
 namespace sae {
@@ -44,6 +47,40 @@ TEST(NpyTest, RoundTripIsBitwiseExact) {
   absl::StatusOr<RowMatrix> back = ReadNpy(path);
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(*back, m);
+  std::remove(path.c_str());
+}
+
+// Datasets are written as the store writes: a failed write leaves the old
+// file whole, and the new one goes through the durable (fsynced) path.
+TEST(NpyTest, WritesDurablyAndAFailedWriteKeepsTheOldFile) {
+  RowMatrix old_m = RowMatrix::Constant(2, 3, 1.5f);
+  const std::string path = TempPath("durable.npy");
+  ASSERT_TRUE(WriteNpy(path, old_m).ok());
+  std::vector<std::string> written;
+  SetWriteFaultHookForTesting([&](const std::string& p) {
+    written.push_back(p);
+    return absl::ResourceExhaustedError("disk full (injected)");
+  });
+  const absl::Status s = WriteNpy(path, RowMatrix::Zero(4, 3));
+  SetWriteFaultHookForTesting(nullptr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_FALSE(written.empty());
+  EXPECT_TRUE(absl::StartsWith(written[0], path + ".tmp-")) << written[0];
+  EXPECT_EQ(*ReadNpy(path), old_m);
+  EXPECT_FALSE(PathExists(written[0]));
+  std::remove(path.c_str());
+}
+
+// A view with an outer stride (a block of a wider matrix) is written row by
+// row, the same bytes as a copy of it.
+TEST(NpyTest, WritesAStridedViewAsItsRows) {
+  RowMatrix wide(4, 6);
+  for (Eigen::Index i = 0; i < wide.size(); ++i) wide.data()[i] = static_cast<float>(i);
+  const std::string path = TempPath("strided.npy");
+  ASSERT_TRUE(WriteNpy(path, wide.block(1, 2, 3, 3)).ok());
+  const RowMatrix block = wide.block(1, 2, 3, 3);
+  EXPECT_EQ(*ReadNpy(path), block);
+  EXPECT_EQ(EncodeNpy(wide.block(1, 2, 3, 3)), EncodeNpy(block));
   std::remove(path.c_str());
 }
 
@@ -157,6 +194,31 @@ TEST(CsvTest, RejectsRaggedAndNonNumericRows) {
   EXPECT_EQ(ParseCsv("").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(CsvTest, ReportsTheLineOfABadRowAfterAHeader) {
+  absl::StatusOr<RowMatrix> ragged = ParseCsv("x,y\r\n1,2\r\n\n3,4,5\r\n");
+  EXPECT_EQ(ragged.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(ragged.status().message().find("line 4 has 3 values"), absl::string_view::npos)
+      << ragged.status();
+  absl::StatusOr<RowMatrix> word = ParseCsv("x,y\n1,2\n3,four\n");
+  EXPECT_EQ(word.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(word.status().message().find("line 3"), absl::string_view::npos) << word.status();
+  // A second text line is data, not another header; a trailing comma is an
+  // empty value.
+  EXPECT_EQ(ParseCsv("a\nb\n1\n").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseCsv("1,2,\n").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseCsv("a,b\n").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CsvTest, ParsesAVeryWideRowInPlace) {
+  std::string line;
+  for (int i = 0; i < 100000; ++i) absl::StrAppend(&line, i > 0 ? "," : "", i % 7);
+  absl::StatusOr<RowMatrix> m = ParseCsv(absl::StrCat("h\n", line, "\n", line));
+  ASSERT_TRUE(m.ok()) << m.status();
+  ASSERT_EQ(m->rows(), 2);
+  ASSERT_EQ(m->cols(), 100000);
+  for (int i = 0; i < 100000; i += 9973) EXPECT_EQ((*m)(1, i), static_cast<float>(i % 7));
+}
+
 TEST(CsvTest, WriteThenRead) {
   RowMatrix m(2, 3);
   m << 1, 2.5f, -3, 0.125f, 5, 6;
@@ -180,6 +242,22 @@ TEST(RawTest, ReadsWholeRowsOnly) {
   EXPECT_EQ(ReadRawFloat32(path, 3, 5).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ReadRawFloat32(path, 0).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ReadDataset(path, DatasetFormat::kAuto, 2)->rows(), 3);
+  std::remove(path.c_str());
+}
+
+// A width whose row size in bytes overflows (or merely exceeds the file)
+// is refused with the reason, not divided by or allocated.
+TEST(RawTest, AWidthLargerThanTheFileIsRejected) {
+  const std::string path = TempPath("one.f32");
+  WriteBytes(path, std::string(4, '\0'));
+  for (int64_t cols : {int64_t{2}, int64_t{1} << 62, (int64_t{1} << 62) + 1,
+                       std::numeric_limits<int64_t>::max()}) {
+    absl::StatusOr<RowMatrix> m = ReadRawFloat32(path, cols);
+    EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument) << cols;
+    EXPECT_NE(m.status().message().find("larger than the file"), absl::string_view::npos)
+        << m.status();
+  }
+  EXPECT_EQ(ReadRawFloat32(path, 1)->rows(), 1);
   std::remove(path.c_str());
 }
 

@@ -414,5 +414,29 @@ TEST_F(BadInputTest, TrainWithBadConfigsAndData) {
          }), bad, "an unknown activation");
 }
 
+TEST_F(BadInputTest, UploadDatasetWithBadFormatsAndWidths) {
+  auto upload = [](const std::string& format, int64_t columns, const std::string& chunk) {
+    v1::UploadDatasetRequest r;
+    r.set_format(format);
+    r.set_columns(columns);
+    r.set_chunk(chunk);
+    return r.SerializeAsString();
+  };
+  const auto bad = StatusCode::INVALID_ARGUMENT;
+  const std::string one_float(4, '\0');
+  Expect("UploadDataset", upload("f32", 1, one_float), StatusCode::OK, "one f32 value");
+  // A width whose row size overflows 64 bits (it once divided by zero).
+  Expect("UploadDataset", upload("f32", int64_t{1} << 62, one_float), bad, "columns 2^62");
+  Expect("UploadDataset", upload("f32", std::numeric_limits<int64_t>::max(), one_float), bad,
+         "columns 2^63 - 1");
+  Expect("UploadDataset", upload("f32", -1, one_float), bad, "columns -1");
+  Expect("UploadDataset", upload("f32", 2, one_float), bad, "a row wider than the data");
+  Expect("UploadDataset", upload("f32", 3, std::string(8, '\0')), bad, "a partial row");
+  Expect("UploadDataset", upload("csv", 0, "1,2\n3\n"), bad, "a ragged CSV");
+  Expect("UploadDataset", upload("csv", 0, "a,b\n"), bad, "a CSV header alone");
+  Expect("UploadDataset", upload("npy", 0, "\x93NUMPY\x01"), bad, "a truncated .npy");
+  Expect("UploadDataset", upload("parquet", 0, "x"), bad, "an unknown format");
+}
+
 }  // namespace
 }  // namespace sae::server

@@ -123,8 +123,11 @@ absl::StatusOr<std::unique_ptr<DatasetUpload>> DatasetStore::StartUpload(
   if (*format == DatasetFormat::kAuto) {
     return absl::InvalidArgumentError("format: name the format: npy, csv or f32");
   }
-  if (*format == DatasetFormat::kRawFloat32 && columns < 1) {
-    return absl::InvalidArgumentError("columns: f32 uploads need the row width (columns >= 1)");
+  // The widest row a model takes (ModelConfig's d_in limit).
+  constexpr int64_t kMaxColumns = int64_t{1} << 20;
+  if (*format == DatasetFormat::kRawFloat32 && (columns < 1 || columns > kMaxColumns)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "columns: f32 uploads need the row width, in [1, ", kMaxColumns, "]; got ", columns));
   }
   if (display_name.size() > 256) {
     return absl::InvalidArgumentError("display_name: at most 256 characters");
