@@ -152,8 +152,8 @@ absl::StatusOr<RowMatrix> Model::Encode(ConstMatrixRef x) const {
   return codes;
 }
 
-absl::StatusOr<SparseCodes> Model::EncodeSparse(ConstMatrixRef x,
-                                                int64_t max_per_row) const {
+absl::StatusOr<SparseCodes> Model::EncodeSparse(ConstMatrixRef x, int64_t max_per_row,
+                                                int64_t max_entries) const {
   if (absl::Status s = CheckInput(x, d_in(), "input"); !s.ok()) return s;
   if (max_per_row < 0) {
     return absl::InvalidArgumentError(
@@ -191,6 +191,11 @@ absl::StatusOr<SparseCodes> Model::EncodeSparse(ConstMatrixRef x,
         }
       }
       out.row_offsets.push_back(static_cast<int64_t>(out.indices.size()));
+      if (max_entries > 0 && static_cast<int64_t>(out.indices.size()) > max_entries) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "the codes of the first ", r0 + r + 1, " of ", x.rows(),
+            " rows already hold more than ", max_entries, " entries"));
+      }
     }
   }
   return out;

@@ -75,9 +75,11 @@ class Model {
   absl::StatusOr<RowMatrix> Encode(ConstMatrixRef x) const;
 
   // Sparse codes: every nonzero unit of each row, or when max_per_row > 0
-  // only the max_per_row largest of them.
-  absl::StatusOr<SparseCodes> EncodeSparse(ConstMatrixRef x,
-                                           int64_t max_per_row = 0) const;
+  // only the max_per_row largest of them. When max_entries > 0, codes of
+  // more than max_entries entries in all are RESOURCE_EXHAUSTED (found as
+  // they are made: memory stays bounded by the limit).
+  absl::StatusOr<SparseCodes> EncodeSparse(ConstMatrixRef x, int64_t max_per_row = 0,
+                                           int64_t max_entries = 0) const;
 
   // Maps codes [rows, d_hidden] back to input space [rows, d_in].
   absl::StatusOr<RowMatrix> Decode(ConstMatrixRef codes) const;

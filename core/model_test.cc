@@ -83,6 +83,12 @@ TEST(ModelTest, EncodeSparseListsNonzerosAndHonoursMaxPerRow) {
     EXPECT_LE(top2->row_offsets[r + 1] - top2->row_offsets[r], 2);
   }
   EXPECT_EQ(model->EncodeSparse(x, -1).status().code(), absl::StatusCode::kInvalidArgument);
+  // A bound on the entries in all: exactly enough passes, one fewer fails.
+  const int64_t entries = static_cast<int64_t>(all->indices.size());
+  EXPECT_TRUE(model->EncodeSparse(x, 0, entries).ok());
+  absl::StatusOr<SparseCodes> over = model->EncodeSparse(x, 0, entries - 1);
+  EXPECT_EQ(over.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(over.status().message().find("of 7 rows"), std::string::npos) << over.status();
 }
 
 TEST(ModelTest, DenoiseClipsWhenAsked) {

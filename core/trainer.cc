@@ -210,7 +210,7 @@ absl::StatusOr<TrainingResult> Train(const ModelConfig& config_in,
       if (!std::isfinite(terms.total)) {
         return absl::FailedPreconditionError(absl::StrCat(
             "training diverged at step ", step,
-            " (loss is not finite); lower optimizer.learning_rate"));
+            " (loss is not finite); lower the learning rate"));
       }
 
       rows_seen += n;

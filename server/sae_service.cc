@@ -4,7 +4,9 @@
 
 #include <cstdio>
 #include <random>
+#include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/file_util.h"
@@ -131,7 +133,22 @@ absl::StatusOr<TrainerOptions> OptionsFromProto(const v1::TrainingOptions& p) {
   if (p.noise_high() != 0) o.corruption.high = p.noise_high();
   o.normalize_input = p.normalize_input();
   o.progress_every_steps = 10;
-  if (absl::Status s = o.Validate(); !s.ok()) return s;
+  if (absl::Status s = o.Validate(); !s.ok()) {
+    // The core names its own fields; the caller knows the request's.
+    static constexpr std::pair<absl::string_view, absl::string_view> kRequestNames[] = {
+        {"trainer.", "options."},
+        {"optimizer.", "options."},
+        {"corruption.sigma", "options.noise_sigma"},
+        {"corruption.probability", "options.noise_probability"},
+        {"corruption.low/high", "options.noise_low/noise_high"}};
+    for (const auto& [core_name, request_name] : kRequestNames) {
+      if (absl::StartsWith(s.message(), core_name)) {
+        return absl::Status(s.code(), absl::StrCat(request_name,
+                                                   s.message().substr(core_name.size())));
+      }
+    }
+    return s;
+  }
   return o;
 }
 
@@ -282,6 +299,14 @@ absl::Status SaeService::DoTrain(const v1::TrainRequest& request, v1::TrainRespo
   if (request.description().size() > 4096) return Invalid("description", "at most 4096 characters");
   spec.request_id = request.request_id();
   spec.description = request.description();
+  // Before the data is copied or loaded (up to --max_dataset_mb): a full
+  // queue costs a refused call nothing, and a retry gets its job back.
+  absl::StatusOr<std::optional<JobInfo>> admitted = jobs_->CheckAdmission(spec.request_id);
+  if (!admitted.ok()) return admitted.status();
+  if (admitted->has_value()) {
+    JobToProto(**admitted, response->mutable_job());
+    return absl::OkStatus();
+  }
   switch (request.data_case()) {
     case v1::TrainRequest::kInlineData: {
       TensorLimits limits{config->d_in, limits_.max_inline_training_rows};
@@ -417,8 +442,24 @@ grpc::Status SaeService::DeleteDataset(grpc::ServerContext* context, const v1::D
 
 // ---- inference ---------------------------------------------------------
 
+absl::Status SaeService::CheckReplyFits(int64_t rows, int64_t cols, int64_t extra_bytes) const {
+  // Both encodings of a tensor (packed floats, raw bytes) take 4 bytes a
+  // value; 1 KiB covers the tags, the shape and the version.
+  const double bytes = 4.0 * static_cast<double>(rows) * static_cast<double>(cols) +
+                       static_cast<double>(extra_bytes) + 1024.0;
+  if (bytes <= static_cast<double>(limits_.max_reply_bytes)) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the reply would hold ", rows, " x ", cols, " float32 values (about ",
+      static_cast<int64_t>(bytes / (1 << 20)), " MiB), above the server's message limit of ",
+      limits_.max_reply_bytes, " bytes (--max_message_mb); send at most ",
+      std::max<int64_t>(1, (limits_.max_reply_bytes - 1024 - extra_bytes) /
+                               std::max<int64_t>(1, 4 * cols)),
+      " rows per call"));
+}
+
 absl::StatusOr<SaeService::Inference> SaeService::Prepare(const v1::ModelRef& model,
-                                                         const v1::Tensor& input) const {
+                                                         const v1::Tensor& input, BatchOp op,
+                                                         Reply reply) const {
   absl::StatusOr<ModelRef> ref = FromProto(model, "model");
   if (!ref.ok()) return ref.status();
   absl::StatusOr<ServedModel> served = registry_->Get(*ref);
@@ -426,6 +467,13 @@ absl::StatusOr<SaeService::Inference> SaeService::Prepare(const v1::ModelRef& mo
   absl::StatusOr<ConstMatrixMap> x =
       ViewTensor(input, "input", {served->model->d_in(), limits_.max_rows_per_request});
   if (!x.ok()) return x.status();
+  if (reply == Reply::kDense) {
+    const Model& m = *served->model;
+    const int64_t cols = op == BatchOp::kEncode ? m.d_hidden() : m.d_in();
+    // Reconstruct adds one float a row (its MSE).
+    const int64_t extra = op == BatchOp::kReconstruct ? 8 * x->rows() : 0;
+    if (absl::Status s = CheckReplyFits(x->rows(), cols, extra); !s.ok()) return s;
+  }
   return Inference{ref->name, *std::move(served), *x};
 }
 
@@ -451,8 +499,20 @@ void SaeService::FillDenoise(const v1::DenoiseRequest& request, const Inference&
 }
 
 absl::Status SaeService::EncodeSparse(const v1::EncodeRequest& request, const Inference& in,
-                                      v1::EncodeResponse* response) {
-  absl::StatusOr<SparseCodes> codes = in.served.model->EncodeSparse(in.x, request.top_n());
+                                      v1::EncodeResponse* response) const {
+  // An entry is an index and a value, 4 bytes each (plus a varint's tag
+  // overhead, which the packed encoding does not have); each row adds an
+  // offset.
+  const int64_t max_entries =
+      std::max<int64_t>(1, (limits_.max_reply_bytes - 1024 - 8 * in.x.rows()) / 8);
+  absl::StatusOr<SparseCodes> codes =
+      in.served.model->EncodeSparse(in.x, request.top_n(), max_entries);
+  if (absl::IsResourceExhausted(codes.status())) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the sparse reply would exceed the server's message limit of ", limits_.max_reply_bytes,
+        " bytes (--max_message_mb): ", codes.status().message(),
+        "; send fewer rows per call or set top_n"));
+  }
   if (!codes.ok()) return codes.status();
   v1::SparseCodes* s = response->mutable_sparse();
   s->set_rows(codes->rows);
@@ -476,7 +536,8 @@ absl::Status SaeService::Serve(const Request& request, const Inference& in, Batc
 absl::Status SaeService::DoEncode(const v1::EncodeRequest& request, v1::EncodeResponse* response,
                                   const CallInfo& call) {
   if (request.top_n() < 0) return Invalid("top_n", "must be >= 0");
-  absl::StatusOr<Inference> in = Prepare(request.model(), request.input());
+  absl::StatusOr<Inference> in = Prepare(request.model(), request.input(), BatchOp::kEncode,
+                                         request.sparse() ? Reply::kSparse : Reply::kDense);
   if (!in.ok()) return in.status();
   if (request.sparse()) return EncodeSparse(request, *in, response);
   return Serve(request, *in, BatchOp::kEncode, &FillEncode, call, response);
@@ -490,6 +551,7 @@ absl::Status SaeService::DoDecode(const v1::DecodeRequest& request, v1::DecodeRe
   absl::StatusOr<ConstMatrixMap> codes = ViewTensor(
       request.codes(), "codes", {served->model->d_hidden(), limits_.max_rows_per_request});
   if (!codes.ok()) return codes.status();
+  if (absl::Status s = CheckReplyFits(codes->rows(), served->model->d_in(), 0); !s.ok()) return s;
   absl::StatusOr<RowMatrix> out = served->model->Decode(*codes);
   if (!out.ok()) return out.status();
   FillTensor(*out, request.raw_output(), response->mutable_output());
@@ -499,14 +561,14 @@ absl::Status SaeService::DoDecode(const v1::DecodeRequest& request, v1::DecodeRe
 
 absl::Status SaeService::DoReconstruct(const v1::ReconstructRequest& request,
                                        v1::ReconstructResponse* response, const CallInfo& call) {
-  absl::StatusOr<Inference> in = Prepare(request.model(), request.input());
+  absl::StatusOr<Inference> in = Prepare(request.model(), request.input(), BatchOp::kReconstruct);
   if (!in.ok()) return in.status();
   return Serve(request, *in, BatchOp::kReconstruct, &FillReconstruct, call, response);
 }
 
 absl::Status SaeService::DoDenoise(const v1::DenoiseRequest& request, v1::DenoiseResponse* response,
                                    const CallInfo& call) {
-  absl::StatusOr<Inference> in = Prepare(request.model(), request.input());
+  absl::StatusOr<Inference> in = Prepare(request.model(), request.input(), BatchOp::kDenoise);
   if (!in.ok()) return in.status();
   return Serve(request, *in, BatchOp::kDenoise, &FillDenoise, call, response);
 }
@@ -590,7 +652,7 @@ grpc::ServerUnaryReactor* SaeService::StartInference(grpc::CallbackServerContext
         [reactor, context, sync] { reactor->Finish(ToGrpcStatus(sync(InfoOf(context)))); });
     return reactor;
   }
-  absl::StatusOr<Inference> in = Prepare(request->model(), request->input());
+  absl::StatusOr<Inference> in = Prepare(request->model(), request->input(), op);
   if (!in.ok()) return finish_now(ToGrpcStatus(in.status()));
   // The call owns what the work needs: the model version and the view of
   // the request (gRPC keeps the request until the call is done).

@@ -23,6 +23,9 @@ namespace sae::server {
 struct ServiceLimits {
   int64_t max_rows_per_request = 65536;  // rows in one Encode/... message
   int64_t max_inline_training_rows = 1 << 20;
+  // The largest reply gRPC will send (--max_message_mb): a request whose
+  // reply would be larger is refused before any work (RESOURCE_EXHAUSTED).
+  int64_t max_reply_bytes = 64 << 20;
   // False on serving-only replicas: Train gets FAILED_PRECONDITION.
   bool accept_training = true;
 };
@@ -134,7 +137,15 @@ class SaeService final : public SaeServiceBase {
     ServedModel served;
     ConstMatrixMap x;
   };
-  absl::StatusOr<Inference> Prepare(const v1::ModelRef& model, const v1::Tensor& input) const;
+  // The reply holds `op`'s dense output (d_hidden values a row for Encode,
+  // d_in otherwise), checked against the message limit here; a sparse Encode
+  // is checked as its codes are made (EncodeSparse).
+  enum class Reply { kDense, kSparse };
+  absl::StatusOr<Inference> Prepare(const v1::ModelRef& model, const v1::Tensor& input,
+                                    BatchOp op, Reply reply = Reply::kDense) const;
+  // RESOURCE_EXHAUSTED when a reply of rows x cols float32 values (plus
+  // `extra_bytes`) would exceed the message limit.
+  absl::Status CheckReplyFits(int64_t rows, int64_t cols, int64_t extra_bytes) const;
   // Write a response from the computed rows.
   static void FillEncode(const v1::EncodeRequest& request, const Inference& in,
                          const RowMatrix& codes, v1::EncodeResponse* response);
@@ -142,8 +153,8 @@ class SaeService final : public SaeServiceBase {
                               const RowMatrix& out, v1::ReconstructResponse* response);
   static void FillDenoise(const v1::DenoiseRequest& request, const Inference& in,
                           const RowMatrix& out, v1::DenoiseResponse* response);
-  static absl::Status EncodeSparse(const v1::EncodeRequest& request, const Inference& in,
-                                   v1::EncodeResponse* response);
+  absl::Status EncodeSparse(const v1::EncodeRequest& request, const Inference& in,
+                            v1::EncodeResponse* response) const;
   // Computes `op` for a prepared request (through the batcher when there is
   // one) and fills the response with `fill`.
   template <typename Request, typename Response, typename FillFn>

@@ -7,9 +7,11 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/dataset_io.h"
 #include "core/file_util.h"
@@ -449,6 +451,21 @@ TEST_F(ServiceTest, StatusCodeTable) {
   EXPECT_EQ(train([](auto& r) { r.mutable_options()->set_learning_rate(-1); }), C::INVALID_ARGUMENT);
   EXPECT_EQ(train([](auto& r) { r.mutable_options()->set_validation_fraction(2); }), C::INVALID_ARGUMENT);
   EXPECT_EQ(train([](auto& r) { r.set_model_name("Bad Name"); }), C::INVALID_ARGUMENT);
+  // Messages name the request's fields, not the core's.
+  for (const auto& [edit, field] :
+       std::vector<std::pair<std::function<void(v1::TrainRequest&)>, std::string>>{
+           {[](auto& r) { r.mutable_options()->set_batch_size(-3); }, "options.batch_size"},
+           {[](auto& r) { r.mutable_options()->set_learning_rate(-1); }, "options.learning_rate"},
+           {[](auto& r) { r.mutable_options()->set_noise_sigma(-1); }, "options.noise_sigma"},
+           {[](auto& r) { r.mutable_options()->set_noise_probability(2); },
+            "options.noise_probability"}}) {
+    v1::TrainRequest r = SmallTrainRequest("t2");
+    edit(r);
+    v1::TrainResponse out;
+    grpc::Status s = stub_->Train(Ctx().get(), r, &out);
+    EXPECT_EQ(s.error_code(), C::INVALID_ARGUMENT) << field;
+    EXPECT_TRUE(absl::StartsWith(s.error_message(), field)) << s.error_message();
+  }
   EXPECT_EQ(train([](auto& r) { r.clear_inline_data(); }), C::INVALID_ARGUMENT);
   EXPECT_EQ(train([](auto& r) { r.set_dataset_id("ds-0000000000000000"); }), C::NOT_FOUND);
   EXPECT_EQ(train([](auto& r) { r.set_dataset_id("../../etc/passwd"); }), C::INVALID_ARGUMENT);
@@ -507,6 +524,59 @@ TEST_F(ServiceTest, StatusCodeTable) {
   EXPECT_EQ(enc([](auto& r) { r.mutable_model()->set_version(7); }), C::DATA_LOSS);
 }
 
+// A reply larger than the message limit (4 MiB here) is refused before any
+// work, with the rows per call that would fit; gRPC would otherwise fail
+// the send only after computing and copying it all.
+TEST_F(ServiceTest, AReplyLargerThanTheMessageLimitIsRefusedUpFront) {
+  auto store = ModelStore::Open(root_ + "/models");
+  ASSERT_TRUE(store.ok()) << store.status();
+  ModelConfig wide = DefaultConfig(4, 8192, Activation::kRelu);
+  ModelConfig narrow = DefaultConfig(8192, 4, Activation::kRelu);
+  ASSERT_TRUE((*store)->Publish("wide", **Model::Create(wide, InitialWeights(wide, 1)), {}).ok());
+  ASSERT_TRUE(
+      (*store)->Publish("narrow", **Model::Create(narrow, InitialWeights(narrow, 1)), {}).ok());
+  auto expect_refused = [](const grpc::Status& s) {
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+    EXPECT_NE(s.error_message().find("message limit"), std::string::npos) << s.error_message();
+  };
+  v1::EncodeRequest encode;
+  encode.mutable_model()->set_name("wide");
+  SetTensor(Data(200, 4, 1), encode.mutable_input());  // 200 x 8192 codes: 6.25 MiB
+  v1::EncodeResponse codes;
+  grpc::Status s = stub_->Encode(Ctx().get(), encode, &codes);
+  expect_refused(s);
+  EXPECT_NE(s.error_message().find("send at most 127 rows"), std::string::npos)
+      << s.error_message();
+  encode.clear_input();
+  SetTensor(Data(100, 4, 1), encode.mutable_input());
+  grpc::Status fits = stub_->Encode(Ctx().get(), encode, &codes);
+  ASSERT_TRUE(fits.ok()) << fits.error_message();
+  EXPECT_EQ(codes.dense().shape(1), 8192);
+
+  // Sparse codes are checked as they are made: a few per row fit, all of a
+  // ReLU model's nonzeros (about half its units) do not.
+  encode.clear_input();
+  SetTensor(Data(200, 4, 1), encode.mutable_input());
+  encode.set_sparse(true);
+  encode.set_top_n(8);
+  ASSERT_TRUE(stub_->Encode(Ctx().get(), encode, &codes).ok());
+  EXPECT_EQ(codes.sparse().rows(), 200);
+  encode.set_top_n(0);
+  expect_refused(stub_->Encode(Ctx().get(), encode, &codes));
+
+  v1::DecodeRequest decode;
+  decode.mutable_model()->set_name("narrow");
+  SetTensor(Data(200, 4, 1), decode.mutable_codes());  // 200 x 8192 outputs
+  v1::DecodeResponse decoded;
+  expect_refused(stub_->Decode(Ctx().get(), decode, &decoded));
+  v1::ReconstructRequest reconstruct;
+  reconstruct.mutable_model()->set_name("narrow");
+  SetTensor(Data(100, 8192, 1), reconstruct.mutable_input());  // fits, as its input did
+  v1::ReconstructResponse reconstructed;
+  grpc::Status r = stub_->Reconstruct(Ctx().get(), reconstruct, &reconstructed);
+  EXPECT_TRUE(r.ok()) << r.error_message();
+}
+
 TEST_F(ServiceTest, TrainingQueueLimitIsResourceExhausted) {
   v1::TrainRequest slow = SmallTrainRequest("busy");
   slow.mutable_options()->set_epochs(100000);
@@ -532,6 +602,32 @@ TEST_F(ServiceTest, TrainingQueueLimitIsResourceExhausted) {
   }
   EXPECT_EQ(codes, (std::vector<grpc::StatusCode>{grpc::StatusCode::OK, grpc::StatusCode::OK,
                                                    grpc::StatusCode::RESOURCE_EXHAUSTED}));
+  // The queue is checked before the data is loaded: a dataset id is not
+  // even looked up, and a retry of a queued job gets that job back.
+  v1::TrainRequest from_dataset = SmallTrainRequest("busy");
+  from_dataset.set_dataset_id("ds-0000000000000000");
+  v1::TrainResponse refused;
+  EXPECT_EQ(stub_->Train(Ctx().get(), from_dataset, &refused).error_code(),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);
+  v1::TrainRequest retry = slow;
+  retry.set_request_id("retry-me");
+  for (const std::string& id : ids) {
+    v1::CancelTrainingJobRequest c;
+    c.set_job_id(id);
+    v1::CancelTrainingJobResponse out;
+    stub_->CancelTrainingJob(Ctx().get(), c, &out);
+  }
+  ids.clear();
+  v1::TrainResponse queued, again;
+  ASSERT_TRUE(stub_->Train(Ctx().get(), retry, &queued).ok());
+  ids.push_back(queued.job().id());
+  for (int i = 0; i < 2; ++i) {
+    v1::TrainResponse filler;
+    if (stub_->Train(Ctx().get(), slow, &filler).ok()) ids.push_back(filler.job().id());
+  }
+  grpc::Status s = stub_->Train(Ctx().get(), retry, &again);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(again.job().id(), queued.job().id());
   for (const std::string& id : ids) {
     v1::CancelTrainingJobRequest c;
     c.set_job_id(id);

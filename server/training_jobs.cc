@@ -322,6 +322,15 @@ absl::StatusOr<const JobInfo*> TrainingJobManager::AdmissionLocked(
   return nullptr;
 }
 
+absl::StatusOr<std::optional<JobInfo>> TrainingJobManager::CheckAdmission(
+    const std::string& request_id) const {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<const JobInfo*> admission = AdmissionLocked(request_id);
+  if (!admission.ok()) return admission.status();
+  if (*admission == nullptr) return std::nullopt;
+  return **admission;
+}
+
 absl::StatusOr<JobInfo> TrainingJobManager::Get(const std::string& id) const {
   if (absl::Status s = ValidateJobId(id); !s.ok()) return s;
   absl::MutexLock lock(&mu_);

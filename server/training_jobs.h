@@ -12,6 +12,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -61,6 +62,12 @@ class TrainingJobManager {
   // and returns it. A request_id seen before returns that job instead.
   // RESOURCE_EXHAUSTED when the queue is full.
   absl::StatusOr<JobInfo> Submit(JobSpec spec);
+  // What Submit would answer now, before its spec is built: the job
+  // `request_id` names when the call is a retry, nullopt when a new job
+  // would be queued, or RESOURCE_EXHAUSTED / UNAVAILABLE as Submit returns
+  // them. For callers with costly work before Submit (loading a dataset);
+  // Submit checks again.
+  absl::StatusOr<std::optional<JobInfo>> CheckAdmission(const std::string& request_id) const;
   absl::StatusOr<JobInfo> Get(const std::string& id) const;
   std::vector<JobInfo> List() const;
   // Asks a queued or running job to stop. FAILED_PRECONDITION when it has
