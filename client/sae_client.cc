@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "core/dataset_io.h"
@@ -30,22 +31,57 @@ void SetTensor(ConstMatrixRef m, v1::Tensor* t) {
   }
 }
 
-absl::StatusOr<RowMatrix> GetTensor(const v1::Tensor& t) {
+// The reply's tensor as a matrix, checked against what was asked for:
+// `rows` rows, and `cols` columns unless cols is -1 (an Encode's width is
+// the model's). A reply that disagrees, with itself or with the request, is
+// INTERNAL and nothing is allocated for it.
+absl::StatusOr<RowMatrix> GetTensor(const v1::Tensor& t, int64_t rows, int64_t cols) {
   if (t.shape_size() != 2) return absl::InternalError("server sent a tensor without 2 dimensions");
-  RowMatrix m(t.shape(0), t.shape(1));
-  const size_t bytes = static_cast<size_t>(m.size()) * 4;
-  if (t.has_values()) {
-    if (static_cast<size_t>(t.values().values_size()) * 4 != bytes) {
-      return absl::InternalError("server sent a tensor whose size differs from its shape");
-    }
-    std::memcpy(m.data(), t.values().values().data(), bytes);
-  } else {
-    if (t.raw().size() != bytes) {
-      return absl::InternalError("server sent a tensor whose size differs from its shape");
-    }
-    std::memcpy(m.data(), t.raw().data(), bytes);
+  if (t.shape(0) != rows) {
+    return absl::InternalError(
+        absl::StrCat("server sent ", t.shape(0), " rows, expected ", rows));
+  }
+  if (t.shape(1) < 0 || (cols >= 0 && t.shape(1) != cols)) {
+    return absl::InternalError(absl::StrCat("server sent rows of ", t.shape(1),
+                                            " values, expected ", cols));
+  }
+  const size_t have = t.has_values() ? static_cast<size_t>(t.values().values_size()) * 4
+                                     : t.raw().size();
+  // Compared by division first: the shape is the server's word, and its
+  // product may overflow.
+  const uint64_t row_bytes = static_cast<uint64_t>(t.shape(1)) * 4;
+  if ((rows > 0 && row_bytes > have / static_cast<uint64_t>(rows)) ||
+      row_bytes * static_cast<uint64_t>(rows) != have) {
+    return absl::InternalError("server sent a tensor whose size differs from its shape");
+  }
+  RowMatrix m(rows, t.shape(1));
+  if (have > 0) {
+    std::memcpy(m.data(), t.has_values() ? static_cast<const void*>(t.values().values().data())
+                                         : static_cast<const void*>(t.raw().data()),
+                have);
   }
   return m;
+}
+
+// The reply's sparse codes, checked: one row per input row, offsets that
+// rise from 0 to the entry count, and unit indices inside [0, d_hidden).
+absl::Status CheckSparseCodes(const v1::SparseCodes& c, int64_t rows) {
+  auto bad = [](absl::string_view why) {
+    return absl::InternalError(absl::StrCat("server sent malformed sparse codes: ", why));
+  };
+  if (c.rows() != rows) return bad(absl::StrCat(c.rows(), " rows, expected ", rows));
+  if (c.row_offsets_size() != rows + 1) return bad("row_offsets is not rows + 1 long");
+  if (c.indices_size() != c.values_size()) return bad("indices and values differ in length");
+  if (c.row_offsets(0) != 0 || c.row_offsets(rows) != c.indices_size()) {
+    return bad("row_offsets do not span the entries");
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    if (c.row_offsets(r + 1) < c.row_offsets(r)) return bad("row_offsets decrease");
+  }
+  for (int32_t j : c.indices()) {
+    if (j < 0 || j >= c.d_hidden()) return bad(absl::StrCat("unit ", j, " outside [0, d_hidden)"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -303,7 +339,7 @@ absl::StatusOr<RowMatrix> SaeClient::Encode(const v1::ModelRef& model, ConstMatr
   v1::EncodeResponse response;
   absl::Status s = Retry([&](grpc::ClientContext* ctx) { return stub_->Encode(ctx, request, &response); });
   if (!s.ok()) return s;
-  return GetTensor(response.dense());
+  return GetTensor(response.dense(), x.rows(), -1);
 }
 
 absl::StatusOr<v1::SparseCodes> SaeClient::EncodeSparse(const v1::ModelRef& model, ConstMatrixRef x,
@@ -316,6 +352,7 @@ absl::StatusOr<v1::SparseCodes> SaeClient::EncodeSparse(const v1::ModelRef& mode
   v1::EncodeResponse response;
   absl::Status s = Retry([&](grpc::ClientContext* ctx) { return stub_->Encode(ctx, request, &response); });
   if (!s.ok()) return s;
+  if (absl::Status c = CheckSparseCodes(response.sparse(), x.rows()); !c.ok()) return c;
   return response.sparse();
 }
 
@@ -327,7 +364,7 @@ absl::StatusOr<RowMatrix> SaeClient::Decode(const v1::ModelRef& model, ConstMatr
   v1::DecodeResponse response;
   absl::Status s = Retry([&](grpc::ClientContext* ctx) { return stub_->Decode(ctx, request, &response); });
   if (!s.ok()) return s;
-  return GetTensor(response.output());
+  return GetTensor(response.output(), codes.rows(), -1);
 }
 
 absl::StatusOr<RowMatrix> SaeClient::Reconstruct(const v1::ModelRef& model, ConstMatrixRef x) {
@@ -338,7 +375,7 @@ absl::StatusOr<RowMatrix> SaeClient::Reconstruct(const v1::ModelRef& model, Cons
   v1::ReconstructResponse response;
   absl::Status s = Retry([&](grpc::ClientContext* ctx) { return stub_->Reconstruct(ctx, request, &response); });
   if (!s.ok()) return s;
-  return GetTensor(response.output());
+  return GetTensor(response.output(), x.rows(), x.cols());
 }
 
 absl::StatusOr<RowMatrix> SaeClient::Denoise(const v1::ModelRef& model, ConstMatrixRef x) {
@@ -349,7 +386,7 @@ absl::StatusOr<RowMatrix> SaeClient::Denoise(const v1::ModelRef& model, ConstMat
   v1::DenoiseResponse response;
   absl::Status s = Retry([&](grpc::ClientContext* ctx) { return stub_->Denoise(ctx, request, &response); });
   if (!s.ok()) return s;
-  return GetTensor(response.output());
+  return GetTensor(response.output(), x.rows(), x.cols());
 }
 
 namespace {
@@ -372,12 +409,22 @@ absl::Status RunStream(std::unique_ptr<grpc::ClientReaderWriter<Req, Resp>> stre
     }
     stream->WritesDone();
   });
+  // Answer i is batch i: its rows are known, and every answer has the
+  // width of the first (the model's).
   Resp response;
   absl::Status sink_status;
+  int64_t answered = 0, width = -1;
   while (stream->Read(&response)) {
-    absl::StatusOr<RowMatrix> batch = take(response);
+    const int64_t expected = std::min<int64_t>(batch_rows, x.rows() - answered);
+    absl::StatusOr<RowMatrix> batch =
+        expected > 0 ? take(response, expected, width)
+                     : absl::InternalError("server sent more answers than batches");
     if (!batch.ok()) sink_status = batch.status();
-    if (sink_status.ok()) sink_status = sink(*batch);
+    if (sink_status.ok()) {
+      answered += batch->rows();
+      width = batch->cols();
+      sink_status = sink(*batch);
+    }
     if (!sink_status.ok()) {
       ctx->TryCancel();
       break;
@@ -386,7 +433,12 @@ absl::Status RunStream(std::unique_ptr<grpc::ClientReaderWriter<Req, Resp>> stre
   writer.join();
   grpc::Status s = stream->Finish();
   if (!sink_status.ok()) return sink_status;
-  return FromGrpcStatus(s, address);
+  if (absl::Status f = FromGrpcStatus(s, address); !f.ok()) return f;
+  if (answered != x.rows()) {
+    return absl::InternalError(
+        absl::StrCat("server answered ", answered, " of ", x.rows(), " rows"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -407,7 +459,10 @@ absl::Status SaeClient::Stream(StreamOp op, const v1::ModelRef& model, ConstMatr
             r->mutable_request()->set_raw_output(true);
             SetTensor(rows, r->mutable_request()->mutable_input());
           },
-          [](const v1::StreamEncodeResponse& r) { return GetTensor(r.response().dense()); }, sink,
+          [](const v1::StreamEncodeResponse& r, int64_t rows, int64_t width) {
+            return GetTensor(r.response().dense(), rows, width);
+          },
+          sink,
           address_);
     case StreamOp::kReconstruct:
       return RunStream(
@@ -417,7 +472,9 @@ absl::Status SaeClient::Stream(StreamOp op, const v1::ModelRef& model, ConstMatr
             r->mutable_request()->set_raw_output(true);
             SetTensor(rows, r->mutable_request()->mutable_input());
           },
-          [](const v1::StreamReconstructResponse& r) { return GetTensor(r.response().output()); },
+          [&](const v1::StreamReconstructResponse& r, int64_t rows, int64_t) {
+            return GetTensor(r.response().output(), rows, x.cols());
+          },
           sink, address_);
     case StreamOp::kDenoise:
       return RunStream(
@@ -427,7 +484,9 @@ absl::Status SaeClient::Stream(StreamOp op, const v1::ModelRef& model, ConstMatr
             r->mutable_request()->set_raw_output(true);
             SetTensor(rows, r->mutable_request()->mutable_input());
           },
-          [](const v1::StreamDenoiseResponse& r) { return GetTensor(r.response().output()); },
+          [&](const v1::StreamDenoiseResponse& r, int64_t rows, int64_t) {
+            return GetTensor(r.response().output(), rows, x.cols());
+          },
           sink, address_);
   }
   return absl::InternalError("unknown stream operation");
@@ -514,9 +573,13 @@ absl::Status SaeClient::ExportModel(const v1::ModelRef& model, const std::string
   ctx->set_deadline(std::chrono::system_clock::now() + options_.deadline * 10);
   auto reader = stub_->ExportModel(ctx.get(), request);
   std::map<std::string, std::ofstream> files;
+  absl::Status written;
   v1::ExportModelResponse chunk;
   while (reader->Read(&chunk)) {
     if (chunk.file_name() != "cfg.json" && chunk.file_name() != "sae_weights.safetensors") {
+      written = absl::InternalError(absl::StrCat(
+          "server sent an unexpected file '", absl::CHexEscape(chunk.file_name().substr(0, 64)),
+          "'; expected cfg.json and sae_weights.safetensors"));
       ctx->TryCancel();
       break;
     }
@@ -527,9 +590,27 @@ absl::Status SaeClient::ExportModel(const v1::ModelRef& model, const std::string
                .first;
     }
     it->second.write(chunk.chunk().data(), static_cast<std::streamsize>(chunk.chunk().size()));
+    if (!it->second) {
+      written = absl::InternalError(
+          absl::StrCat("cannot write ", folder, "/", chunk.file_name(), " (is the disk full?)"));
+      ctx->TryCancel();
+      break;
+    }
   }
-  for (auto& [_, f] : files) f.close();
-  return FromGrpcStatus(reader->Finish(), address_);
+  for (auto& [name, f] : files) {
+    f.close();
+    if (!f && written.ok()) {
+      written = absl::InternalError(absl::StrCat("cannot write ", folder, "/", name));
+    }
+  }
+  const absl::Status received = FromGrpcStatus(reader->Finish(), address_);
+  if (!written.ok()) return written;
+  if (!received.ok()) return received;
+  if (files.size() != 2) {
+    return absl::InternalError(absl::StrCat("server sent ", files.size(),
+                                            " of the model folder's 2 files"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace sae::client

@@ -19,6 +19,7 @@
 #include "client/png_grid.h"
 #include "client/sae_client.h"
 #include "core/dataset_io.h"
+#include "core/file_util.h"
 #include "core/flag_util.h"
 #include "core/metrics.h"
 
@@ -415,15 +416,14 @@ int CmdInference(SaeClient& client, const std::string& cmd) {
   if (cmd == "encode" && absl::GetFlag(FLAGS_sparse)) {
     absl::StatusOr<v1::SparseCodes> codes = client.EncodeSparse(*model, *input, absl::GetFlag(FLAGS_top_n));
     if (!codes.ok()) return Fail(codes.status());
-    std::FILE* f = std::fopen(output.c_str(), "w");
-    if (f == nullptr) return Fail(absl::InvalidArgumentError(absl::StrCat("cannot write ", output)));
-    std::fprintf(f, "row,unit,value\n");
+    // The client library has checked the codes' offsets and indices.
+    std::string csv = "row,unit,value\n";
     for (int64_t r = 0; r < codes->rows(); ++r) {
       for (int64_t i = codes->row_offsets(r); i < codes->row_offsets(r + 1); ++i) {
-        std::fprintf(f, "%lld,%d,%g\n", static_cast<long long>(r), codes->indices(i), codes->values(i));
+        absl::StrAppend(&csv, r, ",", codes->indices(i), ",", codes->values(i), "\n");
       }
     }
-    std::fclose(f);
+    if (absl::Status w = sae::ReplaceFileAtomically(output, csv); !w.ok()) return Fail(w);
     return 0;
   }
   if (cmd == "decode") {
@@ -449,6 +449,11 @@ int CmdInference(SaeClient& client, const std::string& cmd) {
   absl::Status s = client.Stream(op, *model, *input, absl::GetFlag(FLAGS_batch_rows),
                                  [&](const RowMatrix& batch) {
                                    if (result.size() == 0) result.resize(input->rows(), batch.cols());
+                                   // The library checks each answer's shape.
+                                   if (filled + batch.rows() > result.rows() ||
+                                       batch.cols() != result.cols()) {
+                                     return absl::InternalError("server sent more rows than asked");
+                                   }
                                    result.middleRows(filled, batch.rows()) = batch;
                                    filled += batch.rows();
                                    return absl::OkStatus();
@@ -504,6 +509,9 @@ int CmdFeatures(SaeClient& client) {
     if (version == 0 || v.version() == version) d_hidden = v.config().d_hidden();  // else latest
   }
   if (d_hidden < 1) return Fail(absl::NotFoundError("the model has no usable version"));
+  if (absl::GetFlag(FLAGS_count) < 1) {
+    return Usage(absl::StrCat("--count must be >= 1, got ", absl::GetFlag(FLAGS_count)));
+  }
   const int64_t count = std::min<int64_t>(absl::GetFlag(FLAGS_count), d_hidden);
   RowMatrix codes = RowMatrix::Zero(count + 1, d_hidden);
   for (int64_t j = 0; j < count; ++j) codes(j, j) = 1.0f;

@@ -24,6 +24,14 @@ done
 # Unknown model: a clear message and a non-zero exit.
 ERR="$(PYTHONPATH="$STUBS" /usr/bin/python3 "$SCRIPT" --server="$ADDR" --model=ghost --input="$DATA" 2>&1 > /dev/null)"
 if [[ $? -ne 0 && "$ERR" == *"NOT_FOUND"* ]]; then PASSED=$((PASSED + 1)); else echo "FAILED: unknown model ($ERR)"; FAILED=$((FAILED + 1)); fi
+# A bad --input or --rows: a message and exit 2, no traceback.
+printf 'not a numpy file' > "$WORK/bad.npy"
+ERR="$(PYTHONPATH="$STUBS" /usr/bin/python3 "$SCRIPT" --server="$ADDR" --model=digits --input="$WORK/bad.npy" 2>&1 > /dev/null)"
+RC=$?
+if [[ $RC -eq 2 && "$ERR" == *"cannot read --input"* && "$ERR" != *"Traceback"* ]]; then PASSED=$((PASSED + 1)); else echo "FAILED: bad input ($RC: $ERR)"; FAILED=$((FAILED + 1)); fi
+ERR="$(PYTHONPATH="$STUBS" /usr/bin/python3 "$SCRIPT" --server="$ADDR" --model=digits --input="$DATA" --rows=0 2>&1 > /dev/null)"
+RC=$?
+if [[ $RC -eq 2 && "$ERR" == *"--rows must be >= 1"* ]]; then PASSED=$((PASSED + 1)); else echo "FAILED: --rows=0 ($RC: $ERR)"; FAILED=$((FAILED + 1)); fi
 
 # Mutual TLS and tokens: the read token encodes and denoises; no token is refused.
 "$MAKE_PKI" "$WORK/pki" || { echo "FAILED: openssl could not make the PKI"; exit 1; }

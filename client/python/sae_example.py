@@ -102,7 +102,17 @@ def main():
         print(f"cannot set up the connection: {e}", file=sys.stderr)
         return 2
 
-    data = np.load(args.input)
+    if args.rows < 1:
+        print(f"--rows must be >= 1, got {args.rows}", file=sys.stderr)
+        return 2
+    try:
+        data = np.load(args.input, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        print(f"cannot read --input {args.input}: {e}", file=sys.stderr)
+        return 2
+    if not isinstance(data, np.ndarray) or data.ndim < 1 or len(data) == 0:
+        print(f"--input {args.input}: expected a non-empty array of rows", file=sys.stderr)
+        return 2
     if data.dtype == np.uint8:
         data = data.astype(np.float32) / 255.0
     x = data.reshape(len(data), -1)[-args.rows:].astype(np.float32)
