@@ -203,20 +203,32 @@ LossTerms TopKLoss(const ModelConfig& config, const ParameterSet& params,
   }
 
   // Sparse decode: each row sums its k active decoder rows. Threads split
-  // the rows; each goes unit by unit, so that it reads each decoder row once
-  // (its output rows stay in cache) and every row still sums its units in
-  // ascending order, as a pass over its sorted slots would.
+  // the units, so that each decoder row is read once in all (the pass is
+  // bound by reading them); chunk 0 sums into the output (from b_dec), the
+  // others into zeroed scratch of their own, added in chunk order.
   auto w_dec = params.w_dec();
-  ws.output.rowwise() = params.b_dec().transpose();
-  ParallelFor(batch, 16, [&](int, int64_t r0, int64_t r1) {
-    for (int64_t j = 0; j < d_h; ++j) {
+  const int parts = Parallelism();
+  if (static_cast<int>(ws.decode_parts.size()) < parts - 1) ws.decode_parts.resize(parts - 1);
+  std::vector<char> used(static_cast<size_t>(parts), 0);
+  ParallelFor(d_h, 256, [&](int chunk, int64_t j0, int64_t j1) {
+    RowMatrix& out = chunk == 0 ? ws.output : ws.decode_parts[chunk - 1];
+    if (chunk == 0) {
+      out.rowwise() = params.b_dec().transpose();
+    } else {
+      EnsureShape(out, batch, config.d_in);
+      out.setZero();
+    }
+    used[chunk] = 1;
+    for (int64_t j = j0; j < j1; ++j) {
       for (int64_t e = ws.unit_start[j]; e < ws.unit_start[j + 1]; ++e) {
         const int32_t entry = ws.by_unit[e];
-        const int64_t b = entry / k;
-        if (b >= r0 && b < r1) ws.output.row(b) += val[entry] * w_dec.row(j);
+        out.row(entry / k) += val[entry] * w_dec.row(j);
       }
     }
   });
+  for (int c = 1; c < parts; ++c) {
+    if (used[c]) ws.output += ws.decode_parts[c - 1];
+  }
   t.mean_l0 = static_cast<double>(active) * inv_b;
   ResidualStats(target, ws.output, &t);
   t.reconstruction = t.squared_error_sum * inv_b;

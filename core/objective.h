@@ -58,6 +58,8 @@ struct ObjectiveWorkspace {
   // TopK: active entries grouped by unit (counting sort), see TopKLoss.
   std::vector<int64_t> unit_start, unit_fill;
   std::vector<int32_t> by_unit;
+  // TopK: the sparse decode's sums of the units of chunks 1.. (see TopKLoss).
+  std::vector<RowMatrix> decode_parts;
   // ComputeLossWithUnitSink (TopK): per chunk, one unit's two gradient rows.
   std::vector<std::vector<float>> unit_rows;
 };

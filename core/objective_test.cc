@@ -5,6 +5,7 @@
 
 #include "core/model.h"
 #include "core/parameters.h"
+#include "core/parallel.h"
 #include "gtest/gtest.h"
 
 namespace sae {
@@ -142,8 +143,18 @@ TEST(ObjectiveTest, TopKReconstructionMatchesTheModel) {
   EXPECT_NEAR(t.squared_error_sum, squared_error, 1e-4 * squared_error);
   EXPECT_GT(t.mean_l0, 0.0);
 
-  // Bitwise the row-by-row pass over the selected slots (ascending units),
-  // from the same selection.
+  // Threads split the units, so a row's sum depends on the thread count
+  // but not on timing: a second run is bitwise the same.
+  ObjectiveWorkspace again;
+  ComputeLoss(c, p, x, x, &again, nullptr);
+  EXPECT_TRUE(again.output == ws.output);
+
+  // On one thread, bitwise the row-by-row pass over the selected slots
+  // (ascending units), from the same selection.
+  {
+    ScopedSerial serial;
+    ComputeLoss(c, p, x, x, &ws, nullptr);
+  }
   RowMatrix residual(x.rows(), x.cols());
   residual.rowwise() = p.b_dec().transpose();
   for (Eigen::Index b = 0; b < x.rows(); ++b) {
