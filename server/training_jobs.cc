@@ -377,14 +377,25 @@ absl::StatusOr<JobInfo> TrainingJobManager::WaitForChange(const std::string& id,
                                                           absl::Duration timeout) const {
   if (absl::Status s = ValidateJobId(id); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
-  auto it = jobs_.find(id);
-  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
-  const Job* job = it->second.get();
+  if (jobs_.find(id) == jobs_.end()) {
+    return absl::NotFoundError(absl::StrCat("unknown training job '", id, "'"));
+  }
+  // The job is looked up again on every check and after the wait, never
+  // held: while mu_ is released, a finished job may be forgotten (a Submit
+  // past max_jobs_kept frees the oldest).
   const auto changed = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-    return job->info.revision > after_revision || IsFinal(job->info.state);
+    auto it = jobs_.find(id);
+    return it == jobs_.end() || it->second->info.revision > after_revision ||
+           IsFinal(it->second->info.state);
   };
   mu_.AwaitWithTimeout(absl::Condition(&changed), timeout);
-  return job->info;
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) {
+    return absl::NotFoundError(absl::StrCat(
+        "training job '", id, "' ended and was forgotten while watched (the server keeps the ",
+        options_.max_jobs_kept, " newest finished jobs)"));
+  }
+  return it->second->info;
 }
 
 void TrainingJobManager::WorkerLoop() {

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "core/file_util.h"
 #include "core/testing/test_dir.h"
@@ -79,6 +80,60 @@ TEST(TrainingJobsTest, WaitForChangeSeesProgressAndTheFinalState) {
 }
 
 // A fresh folder holding a model store and a job journal.
+// A watcher of a job that ends and is forgotten (max_jobs_kept 1: each new
+// job's Submit frees the oldest finished one) while the watcher waits gets
+// the job or NOT_FOUND, never the freed record (ASan in CI would see it).
+TEST(TrainingJobsTest, AWatchedJobForgottenMeanwhileIsNotFound) {
+  const std::string root = sae::testing::FreshTestDir("jobs_forgotten");
+  auto store = ModelStore::Open(root);
+  ASSERT_TRUE(store.ok());
+  TrainingJobManager jobs(store->get(), JobManagerOptions{1, 64, /*max_jobs_kept=*/1});
+  auto tiny = [] {
+    JobSpec spec = LongJob("tiny");
+    spec.options.epochs = 1;
+    return spec;
+  };
+  std::atomic<bool> stop{false};
+  std::atomic<int> forgotten{0};
+  std::atomic<int> bad{0};
+  std::string watched = jobs.Submit(tiny())->id;
+  absl::Mutex watched_mu;
+  std::thread watcher([&] {
+    while (!stop.load()) {
+      std::string id;
+      {
+        absl::MutexLock lock(&watched_mu);
+        id = watched;
+      }
+      absl::StatusOr<JobInfo> j =
+          jobs.WaitForChange(id, std::numeric_limits<int64_t>::max(), absl::Milliseconds(5));
+      if (absl::IsNotFound(j.status())) {
+        ++forgotten;
+      } else if (!j.ok() || j->id != id) {
+        ++bad;
+      }
+    }
+  });
+  for (int i = 0; i < 40; ++i) {
+    // Each Submit forgets the job before it, which the watcher may be
+    // watching right then.
+    absl::StatusOr<JobInfo> next = jobs.Submit(tiny());
+    ASSERT_TRUE(next.ok()) << next.status();
+    {
+      absl::MutexLock lock(&watched_mu);
+      watched = next->id;
+    }
+    for (int w = 0; w < 500 && !IsFinal(jobs.Get(next->id)->state); ++w) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  stop = true;
+  watcher.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_EQ(jobs.List().size(), 1u);
+  RemoveTree(root).IgnoreError();
+}
+
 class JournaledJobsTest : public ::testing::Test {
  protected:
   void SetUp() override {
