@@ -151,6 +151,7 @@ Batcher::Ticket Batcher::Submit(const std::string& model_name,
   // A queue left idle, destroyed after the lock: it may hold the last
   // reference to its model version, whose weights are then freed.
   std::unique_ptr<Queue> idle;
+  Queue* handed_off = nullptr;
   {
     absl::MutexLock lock(&mu_);
     std::unique_ptr<Queue>& slot = queues_[{model.get(), op}];
@@ -175,10 +176,16 @@ Batcher::Ticket Batcher::Submit(const std::string& model_name,
       ++stats_.requests;
       if (q->leader_active) return ticket;  // the leader will take it
       q->leader_active = true;
-      idle = Lead(q, options);
-      return {};  // completed, with every call that queued meanwhile
+      bool handed = false;
+      idle = Lead(q, options, /*hand_off=*/executor_ != nullptr, &handed);
+      if (handed) handed_off = q;
     }
   }
+  if (handed_off != nullptr) {
+    LeadElsewhere(handed_off, options);
+    return {};  // completed; the calls that queued meanwhile are led elsewhere
+  }
+  if (admitted.ok()) return {};  // completed, with every call that queued meanwhile
   done(std::move(admitted));
   return {};
 }
@@ -227,8 +234,23 @@ absl::Status Batcher::Run(const std::string& model_name, const std::shared_ptr<c
   return result;
 }
 
-std::unique_ptr<Batcher::Queue> Batcher::Lead(Queue* q, const BatchingOptions& options) {
-  while (!q->items.empty()) {
+void Batcher::LeadElsewhere(Queue* q, const BatchingOptions& options) {
+  // The queue keeps its leader (leader_active) until this closure ends, so
+  // it stays alive, and calls that arrive meanwhile just queue.
+  executor_([this, q, &options] {
+    std::unique_ptr<Queue> idle;  // destroyed after the lock, as in Submit
+    absl::MutexLock lock(&mu_);
+    idle = Lead(q, options, /*hand_off=*/false, nullptr);
+  });
+}
+
+std::unique_ptr<Batcher::Queue> Batcher::Lead(Queue* q, const BatchingOptions& options,
+                                              bool hand_off, bool* handed) {
+  for (int batches = 0; !q->items.empty(); ++batches) {
+    if (hand_off && batches > 0) {
+      *handed = true;  // the caller's own batch has run
+      return nullptr;
+    }
     if (options.max_queue_delay_us > 0 && q->rows < options.max_batch_rows) {
       const auto full = [q, &options]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
         return q->rows >= options.max_batch_rows;

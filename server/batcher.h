@@ -6,11 +6,15 @@
 //
 // No threads of its own: the call that finds its queue idle leads it. The
 // leader waits up to max_queue_delay for company (or until max_batch_rows
-// are queued), runs the product for the rows queued so far, hands each call
-// its result, and goes on until the queue is empty. Calls that find a leader
-// at work just queue: Submit returns at once and the leader completes them,
-// so an asynchronous (callback-API) handler never blocks on the queue. With
-// a delay of 0 batches form from the calls that queue while a product runs.
+// are queued), runs the product for the rows queued so far and hands each
+// call its result. Calls that find a leader at work just queue: Submit
+// returns at once and the leader completes them, so an asynchronous
+// (callback-API) handler never blocks on the queue. With a delay of 0
+// batches form from the calls that queue while a product runs. With an
+// executor (set_executor), the calling leader computes only the batch that
+// holds its own call and hands the rest of the queue to the executor, which
+// leads it until it is empty; without one, the calling leader goes on until
+// the queue is empty (under steady load, for as long as the load lasts).
 //
 // A call's deadline and cancellation still hold in the queue: Run returns
 // DEADLINE_EXCEEDED or CANCELLED if its rows were not taken yet, Submit's
@@ -116,16 +120,27 @@ class Batcher {
   void set_observer(std::function<void(int64_t rows, double queue_us)> observer) {
     observer_ = std::move(observer);
   }
+  // Runs a closure on another thread (a ComputePool's Run), so that a
+  // caller that leads returns after its own batch; see above. It must run
+  // every closure it is given while the batcher lives. Set before serving.
+  void set_executor(std::function<void(std::function<void()>)> executor) {
+    executor_ = std::move(executor);
+  }
 
  private:
   struct Item;
   struct Queue;
   using QueueKey = std::pair<const Model*, BatchOp>;
   const BatchingOptions& OptionsFor(const std::string& model_name) const;
-  // Runs batches until `q` is empty, then takes it out as
-  // TakeIfIdleLocked does; called and returns with mu_ held.
-  std::unique_ptr<Queue> Lead(Queue* q, const BatchingOptions& options)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs batches until `q` is empty, or, when `hand_off`, until one batch
+  // has run and calls still wait: then `q` keeps its leader and *handed is
+  // set, for the caller to start LeadElsewhere after releasing mu_. Returns
+  // `q` when it ends idle (as TakeIfIdleLocked). Called and returns with mu_
+  // held.
+  std::unique_ptr<Queue> Lead(Queue* q, const BatchingOptions& options, bool hand_off,
+                              bool* handed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Leads `q` (which has a leader: this) on the executor until it is empty.
+  void LeadElsewhere(Queue* q, const BatchingOptions& options) ABSL_LOCKS_EXCLUDED(mu_);
   // Takes `q` out of queues_ if it is idle (no leader) and empty, for the
   // caller to destroy after releasing mu_ (it may hold the last reference
   // to its model version, which may have been deleted or replaced).
@@ -135,6 +150,7 @@ class Batcher {
   const BatchingOptions defaults_;
   const std::map<std::string, BatchingOptions> per_model_;
   std::function<void(int64_t, double)> observer_;
+  std::function<void(std::function<void()>)> executor_;
   mutable absl::Mutex mu_;
   std::map<QueueKey, std::unique_ptr<Queue>> queues_ ABSL_GUARDED_BY(mu_);
   BatchStats stats_ ABSL_GUARDED_BY(mu_);

@@ -1,6 +1,7 @@
 #include "server/batcher.h"
 
 #include <atomic>
+#include <functional>
 #include <random>
 #include <thread>
 #include <vector>
@@ -163,6 +164,50 @@ TEST(BatcherTest, IdleQueuesAreFreedWithTheirVersions) {
   EXPECT_EQ(done_calls, 0);
   EXPECT_EQ(slow.queues_for_testing(), 0u);
   EXPECT_FALSE(slow.Cancel(ticket));
+}
+
+// A leader is answered after its own batch, however long calls keep coming:
+// each call's completion submits the next (a closed-loop client), which
+// would keep a leader without an executor busy for the whole chain.
+TEST(BatcherTest, WithAnExecutorALeaderReturnsAfterItsOwnBatch) {
+  auto model = TestModel();
+  for (const bool with_executor : {false, true}) {
+    SCOPED_TRACE(with_executor ? "with an executor" : "without one");
+    Batcher batcher(BatchingOptions{true, 256, 0, 16384}, {});
+    std::vector<std::function<void()>> handed;
+    if (with_executor) {
+      batcher.set_executor([&](std::function<void()> fn) { handed.push_back(std::move(fn)); });
+    }
+    constexpr int kChain = 20;
+    const RowMatrix x = Rows(1, 4);
+    std::vector<RowMatrix> outs(kChain + 1);
+    std::atomic<int> completed{0};
+    std::function<void(int)> submit = [&](int i) {
+      batcher.Submit("m", model, BatchOp::kEncode, x, absl::InfiniteFuture(), &outs[i],
+                     [&, i](absl::Status s) {
+                       EXPECT_TRUE(s.ok()) << s;
+                       ++completed;
+                       if (i < kChain) submit(i + 1);  // queues behind the leader
+                     });
+    };
+    submit(0);
+    if (!with_executor) {
+      // The first call led the whole chain before its Submit returned.
+      EXPECT_EQ(completed.load(), kChain + 1);
+      continue;
+    }
+    // Its own batch ran; the call it queued was handed over, not run here.
+    EXPECT_EQ(completed.load(), 1);
+    ASSERT_EQ(handed.size(), 1u);
+    EXPECT_EQ(batcher.queues_for_testing(), 1u);
+    // The executor leads the queue until it is empty, then frees it.
+    std::function<void()> lead = std::move(handed[0]);
+    lead();
+    EXPECT_EQ(completed.load(), kChain + 1);
+    EXPECT_EQ(handed.size(), 1u);
+    EXPECT_EQ(batcher.queues_for_testing(), 0u);
+    for (const RowMatrix& out : outs) EXPECT_EQ(out, outs[0]);
+  }
 }
 
 TEST(BatcherTest, DisabledPerModel) {

@@ -171,6 +171,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   // Enough threads that a small call rarely waits behind large ones for a
   // thread; the cores are shared by the kernel's scheduler.
   impl->compute_pool = std::make_unique<ComputePool>(std::max(8, 4 * BlasThreads()));
+  // A call that leads its batching queue computes its own batch and hands
+  // the rest to the pool, so that it is answered at once however long the
+  // queue stays busy. The pool outlives the batcher's last work: it is
+  // destroyed first (Impl's member order) and runs what it was given.
+  impl->batcher->set_executor(
+      [pool = impl->compute_pool.get()](std::function<void()> fn) { pool->Run(std::move(fn)); });
   impl->service = std::make_unique<SaeService>(
       impl->store.get(), impl->registry.get(), impl->jobs.get(), impl->datasets.get(),
       impl->batcher.get(), metrics, impl->auth.get(),
