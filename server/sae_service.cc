@@ -648,8 +648,11 @@ grpc::ServerUnaryReactor* SaeService::StartInference(grpc::CallbackServerContext
   if (absl::Status s = CheckContext(context); !s.ok()) return finish_now(ToGrpcStatus(s));
   if (!batchable) {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    RunOffCallbackThread(
-        [reactor, context, sync] { reactor->Finish(ToGrpcStatus(sync(InfoOf(context)))); });
+    RunOffCallbackThread([reactor, context, sync] {
+      // Checked again when the work starts: it may have waited for a thread.
+      absl::Status s = CheckContext(context);
+      reactor->Finish(ToGrpcStatus(s.ok() ? sync(InfoOf(context)) : s));
+    });
     return reactor;
   }
   absl::StatusOr<Inference> in = Prepare(request->model(), request->input(), op);
@@ -660,8 +663,9 @@ grpc::ServerUnaryReactor* SaeService::StartInference(grpc::CallbackServerContext
   if (batcher_ == nullptr || !batcher_->Merges(prepared->model_name, prepared->x.rows())) {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     RunOffCallbackThread([this, reactor, context, prepared, op, request, response, fill] {
-      reactor->Finish(
-          ToGrpcStatus(Serve(*request, *prepared, op, fill, InfoOf(context), response)));
+      absl::Status s = CheckContext(context);
+      if (s.ok()) s = Serve(*request, *prepared, op, fill, InfoOf(context), response);
+      reactor->Finish(ToGrpcStatus(s));
     });
     return reactor;
   }
