@@ -97,7 +97,7 @@ absl::Status FromGrpcStatus(const grpc::Status& status, const std::string& addre
   if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
     return absl::DeadlineExceededError(absl::StrCat(
         "no answer from ", address, " before the deadline (", status.error_message(),
-        "); raise --timeout or check the server's load"));
+        "); raise --timeout_s or check the server's load"));
   }
   return absl::Status(code, status.error_message());
 }

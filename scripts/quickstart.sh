@@ -13,7 +13,7 @@ DIGITS="$ROOT/data/mnist-2500-images-u8.npy"
 # Only the two binaries the quickstart runs (scripts/test.sh builds the rest).
 SAE_BUILD_TARGETS="${SAE_BUILD_TARGETS:-sae_server_main sae_client_main}" "$ROOT/scripts/setup.sh"
 
-rm -rf "$OUT/models" "$OUT/datasets"
+rm -rf "$OUT/models" "$OUT/datasets" "$OUT/jobs"
 "$BIN/sae_server" --plaintext --listen=127.0.0.1:0 --store="$OUT/models" > "$OUT/server.out" 2> "$OUT/server.log" &
 SERVER_PID=$!
 trap 'kill $SERVER_PID 2> /dev/null || true' EXIT
