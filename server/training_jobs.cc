@@ -122,7 +122,11 @@ absl::Status TrainingJobManager::WriteJournal(const std::vector<JournalOp>& ops)
     const auto it = journaled_revision_.try_emplace(op.info.id, -1).first;
     if (it->second == kRemoved) continue;
     if (op.remove) {
-      journal_->Remove(op.info.id).IgnoreError();
+      if (absl::Status s = journal_->Remove(op.info.id); !s.ok()) {
+        // Left on disk, it comes back at the next start; Recover then
+        // prefers the record a caller was given (see there).
+        LogLine("job", absl::StrCat(op.info.id, ": cannot remove its record: ", s.message()));
+      }
       it->second = kRemoved;
       continue;
     }
@@ -143,6 +147,23 @@ void TrainingJobManager::Recover() {
   std::vector<JobInfo> records = journal_->ReadAll(&problems);
   for (const std::string& p : problems) LogLine("job", "journal: skipped " + p);
   Lock lock(this);
+  // How much a record is the one its request id names: final on disk, then
+  // found published, then recovered as interrupted. Two records share a
+  // request id when a Submit refused after writing its record (a retry with
+  // that id was queued first) leaves it behind: the process died, or the
+  // removal failed, before it went.
+  std::map<std::string, int> standing;
+  auto claim = [&](const JobInfo& info, int rank) {
+    if (info.request_id.empty()) return;
+    auto it = by_request_id_.find(info.request_id);
+    if (it != by_request_id_.end()) {
+      const int held = standing[it->second];
+      // Ids sort as numbers (nine digits): on a tie the older one stays.
+      if (rank < held || (rank == held && it->second < info.id)) return;
+    }
+    by_request_id_[info.request_id] = info.id;
+    standing[info.id] = rank;
+  };
   for (JobInfo& info : records) {
     int64_t number = 0;
     if (std::sscanf(info.id.c_str(), "job-%" SCNd64, &number) == 1) {
@@ -184,7 +205,7 @@ void TrainingJobManager::Recover() {
     job->info = std::move(info);
     job->released = true;
     if (was_open) JournalLocked(*job);  // final records stay as they are
-    if (!job->info.request_id.empty()) by_request_id_[job->info.request_id] = job->info.id;
+    claim(job->info, !was_open ? 2 : job->info.state == JobState::kSucceeded ? 1 : 0);
     jobs_[job->info.id] = std::move(job);
   }
 }

@@ -452,5 +452,48 @@ TEST(TrainingJobsTest, AFinishedJobIsKnownAfterARestart) {
   RemoveTree(root).IgnoreError();
 }
 
+// A Submit refused after writing its record (a retry with the same request
+// id was queued first) removes the record; if the process dies first, or the
+// removal fails, the record comes back at the next start as an interrupted
+// job. The request id still names the job the caller was given.
+TEST(TrainingJobsTest, ALeftoverRecordOfARefusedRetryDoesNotTakeItsRequestId) {
+  const std::string root = sae::testing::FreshTestDir("jobs_leftover");
+  auto store = ModelStore::Open(root + "/models");
+  ASSERT_TRUE(store.ok());
+  JobSpec spec = LongJob("m");
+  spec.options.epochs = 2;
+  spec.request_id = "once";
+  JobInfo first;
+  {
+    TrainingJobManager jobs(store->get(), JobManagerOptions{1, 4},
+                            *JobJournal::Open(root + "/jobs"));
+    absl::StatusOr<JobInfo> job = jobs.Submit(spec);
+    ASSERT_TRUE(job.ok());
+    do {
+      first = *jobs.WaitForChange(job->id, first.revision, absl::Seconds(10));
+    } while (!IsFinal(first.state));
+    ASSERT_EQ(first.state, JobState::kSucceeded);
+  }
+  {
+    std::unique_ptr<JobJournal> journal = *JobJournal::Open(root + "/jobs");
+    for (const char* id : {"job-000000000-0000abcd", "job-000000099-0000abcd"}) {
+      JobInfo leftover;
+      leftover.id = id;
+      leftover.model_name = "m";
+      leftover.request_id = "once";
+      leftover.state = JobState::kQueued;
+      leftover.created_at = first.created_at;
+      ASSERT_TRUE(journal->Write(leftover).ok());
+    }
+  }
+  TrainingJobManager jobs(store->get(), JobManagerOptions{1, 4}, *JobJournal::Open(root + "/jobs"));
+  EXPECT_EQ(jobs.Get("job-000000099-0000abcd")->state, JobState::kInterrupted);
+  absl::StatusOr<JobInfo> retry = jobs.Submit(spec);
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  EXPECT_EQ(retry->id, first.id);
+  EXPECT_EQ(retry->state, JobState::kSucceeded);
+  RemoveTree(root).IgnoreError();
+}
+
 }  // namespace
 }  // namespace sae::server
