@@ -77,6 +77,24 @@ for name in ("sae-server", "sae-trainer"):
         claims = [v.get("persistentVolumeClaim", {}).get("claimName") for v in d["spec"]["template"]["spec"]["volumes"]]
         need("sae-store" in claims, f"{name} must use the sae-store claim")
 
+# Pod hardening (the "restricted" Pod Security Standard): every workload.
+for kind, name in (("Deployment", "sae-server"), ("Deployment", "sae-trainer"),
+                   ("Job", "sae-denoise-batch")):
+    d = docs.get((kind, name))
+    if not d:
+        continue
+    pod = d["spec"]["template"]["spec"]
+    psc = pod.get("securityContext", {})
+    need(psc.get("runAsNonRoot") is True, f"{name} must run as non-root")
+    need(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{name} needs seccompProfile RuntimeDefault")
+    csc = container(d).get("securityContext", {})
+    need(csc.get("allowPrivilegeEscalation") is False, f"{name} must set allowPrivilegeEscalation: false")
+    need("ALL" in csc.get("capabilities", {}).get("drop", []), f"{name} must drop all capabilities")
+    need(csc.get("readOnlyRootFilesystem") is True, f"{name} needs a read-only root filesystem")
+    mounts = {m["mountPath"]: m["name"] for m in container(d).get("volumeMounts", [])}
+    empty = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+    need(mounts.get("/tmp") in empty, f"{name} needs an emptyDir at /tmp (the root is read-only)")
+
 job = docs.get(("Job", "sae-denoise-batch"))
 need(job is not None, "Job sae-denoise-batch is missing")
 if job:

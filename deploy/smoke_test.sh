@@ -56,10 +56,13 @@ cleanup() {
     wait "$RUN_PID" 2> /dev/null
   fi
   "${BUILDAH[@]}" rm "$CTR" > /dev/null 2>&1
+  [[ -n "${CCTR:-}" ]] && "${BUILDAH[@]}" rm "$CCTR" > /dev/null 2>&1
   return 0
 }
 trap cleanup EXIT
-# The image's own user and entrypoint, with a loopback port for the test.
+# The image's own user and server binary, with the entrypoint's store and datasets folders, a
+# loopback port and plaintext for the test (the entrypoint's TLS-less health port and grace
+# flags are not exercised here).
 "${BUILDAH[@]}" run --isolation chroot --network host --user sae "$CTR" -- \
   /usr/local/bin/sae_server --plaintext --listen="127.0.0.1:$PORT" --store=/var/lib/sae/models \
   --datasets=/var/lib/sae/datasets > /tmp/sae-smoke-server.log 2>&1 &
@@ -76,7 +79,6 @@ for _ in $(seq 100); do "${C[@]}" --timeout_s=1 health > /dev/null 2>&1 && break
 CCTR="$("${BUILDAH[@]}" from sae-client:latest)"
 "${BUILDAH[@]}" run --isolation chroot --network host "$CCTR" -- \
   /usr/local/bin/sae_client --server="127.0.0.1:$PORT" models list
-"${BUILDAH[@]}" rm "$CCTR" > /dev/null
 trap - EXIT
 cleanup
 echo "container smoke test: passed"
