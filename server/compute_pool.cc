@@ -19,7 +19,22 @@ ComputePool::~ComputePool() {
 
 void ComputePool::Run(std::function<void()> fn) {
   absl::MutexLock lock(&mu_);
-  queue_.push_back(std::move(fn));
+  PushLocked(std::move(fn), 0);
+}
+
+bool ComputePool::TryRun(std::function<void()> fn, int64_t bytes, int64_t max_waiting_bytes) {
+  absl::MutexLock lock(&mu_);
+  // An idle thread, or a new one, takes it at once: it will not wait.
+  const bool waits = idle_ < static_cast<int>(queue_.size()) + 1 &&
+                     static_cast<int>(threads_.size()) >= max_threads_;
+  if (waits && waiting_bytes_ > 0 && waiting_bytes_ + bytes > max_waiting_bytes) return false;
+  PushLocked(std::move(fn), bytes);
+  return true;
+}
+
+void ComputePool::PushLocked(std::function<void()> fn, int64_t bytes) {
+  queue_.push_back({std::move(fn), bytes});
+  waiting_bytes_ += bytes;
   // A waiting thread takes it (the unlock wakes it); otherwise start one.
   if (idle_ >= static_cast<int>(queue_.size())) return;
   if (static_cast<int>(threads_.size()) < max_threads_) threads_.emplace_back([this] { Loop(); });
@@ -37,7 +52,8 @@ void ComputePool::Loop() {
       mu_.Await(absl::Condition(&ready));
       --idle_;
       if (queue_.empty()) return;  // stopping, and nothing left to run
-      fn = std::move(queue_.front());
+      fn = std::move(queue_.front().fn);
+      waiting_bytes_ -= queue_.front().bytes;
       queue_.pop_front();
     }
     fn();

@@ -10,6 +10,7 @@
 #ifndef SAE_SERVER_COMPUTE_POOL_H_
 #define SAE_SERVER_COMPUTE_POOL_H_
 
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <thread>
@@ -29,13 +30,24 @@ class ComputePool {
   ~ComputePool();
 
   void Run(std::function<void()> fn);
+  // Run, for a closure that holds `bytes` (its request) while it waits for
+  // a thread: refused (false, fn dropped) when closures already waiting hold
+  // `max_waiting_bytes` or more with it. One is always admitted when none
+  // waits, however large.
+  bool TryRun(std::function<void()> fn, int64_t bytes, int64_t max_waiting_bytes);
 
  private:
+  struct Waiting {
+    std::function<void()> fn;
+    int64_t bytes = 0;
+  };
   void Loop();
+  void PushLocked(std::function<void()> fn, int64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const int max_threads_;
   absl::Mutex mu_;
-  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<Waiting> queue_ ABSL_GUARDED_BY(mu_);
+  int64_t waiting_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   int idle_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);

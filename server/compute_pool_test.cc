@@ -48,5 +48,30 @@ TEST(ComputePoolTest, BeyondItsThreadsClosuresQueueAndAllRun) {
   EXPECT_LE(most, 2);
 }
 
+// Closures waiting for a thread are bounded by the bytes they hold; the
+// first one to wait is always admitted, and closures that need not wait
+// (an idle or new thread takes them) never count.
+TEST(ComputePoolTest, WaitingClosuresAreBoundedByTheirBytes) {
+  std::atomic<int> ran_a{0}, ran_b{0}, ran_c{0};
+  {
+    ComputePool pool(1);
+    absl::Notification release, started;
+    ASSERT_TRUE(pool.TryRun(
+        [&] {
+          started.Notify();
+          release.WaitForNotification();
+        },
+        1000, 150));  // a thread is started for it: it does not wait
+    ASSERT_TRUE(started.WaitForNotificationWithTimeout(absl::Seconds(10)));
+    EXPECT_TRUE(pool.TryRun([&] { ++ran_a; }, 100, 150));   // the first to wait
+    EXPECT_FALSE(pool.TryRun([&] { ++ran_b; }, 100, 150));  // 200 would wait
+    EXPECT_TRUE(pool.TryRun([&] { ++ran_c; }, 40, 150));    // 140 waits
+    release.Notify();
+  }  // the destructor runs what was admitted
+  EXPECT_EQ(ran_a, 1);
+  EXPECT_EQ(ran_b, 0);
+  EXPECT_EQ(ran_c, 1);
+}
+
 }  // namespace
 }  // namespace sae::server

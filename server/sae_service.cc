@@ -223,12 +223,15 @@ SaeService::SaeService(ModelStore* store, ModelRegistry* registry, TrainingJobMa
     : store_(store), registry_(registry), jobs_(jobs), datasets_(datasets), batcher_(batcher),
       metrics_(metrics), auth_(auth), limits_(limits), pool_(pool) {}
 
-void SaeService::RunOffCallbackThread(std::function<void()> fn) {
-  if (pool_ != nullptr) {
-    pool_->Run(std::move(fn));
-  } else {
+absl::Status SaeService::RunOffCallbackThread(std::function<void()> fn, int64_t bytes) {
+  if (pool_ == nullptr) {
     fn();
+    return absl::OkStatus();
   }
+  if (pool_->TryRun(std::move(fn), bytes, limits_.max_waiting_bytes)) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the server is busy: requests of more than ", limits_.max_waiting_bytes,
+      " bytes already wait for a compute thread; retry with backoff"));
 }
 
 grpc::Status SaeService::Authorize(grpc::ServerContextBase* context, absl::string_view method) const {
@@ -648,11 +651,14 @@ grpc::ServerUnaryReactor* SaeService::StartInference(grpc::CallbackServerContext
   if (absl::Status s = CheckContext(context); !s.ok()) return finish_now(ToGrpcStatus(s));
   if (!batchable) {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    RunOffCallbackThread([reactor, context, sync] {
-      // Checked again when the work starts: it may have waited for a thread.
-      absl::Status s = CheckContext(context);
-      reactor->Finish(ToGrpcStatus(s.ok() ? sync(InfoOf(context)) : s));
-    });
+    absl::Status queued = RunOffCallbackThread(
+        [reactor, context, sync] {
+          // Checked again when the work starts: it may have waited for a thread.
+          absl::Status s = CheckContext(context);
+          reactor->Finish(ToGrpcStatus(s.ok() ? sync(InfoOf(context)) : s));
+        },
+        static_cast<int64_t>(request->ByteSizeLong()));
+    if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
     return reactor;
   }
   absl::StatusOr<Inference> in = Prepare(request->model(), request->input(), op);
@@ -662,11 +668,14 @@ grpc::ServerUnaryReactor* SaeService::StartInference(grpc::CallbackServerContext
   auto prepared = std::make_shared<Inference>(*std::move(in));
   if (batcher_ == nullptr || !batcher_->Merges(prepared->model_name, prepared->x.rows())) {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    RunOffCallbackThread([this, reactor, context, prepared, op, request, response, fill] {
-      absl::Status s = CheckContext(context);
-      if (s.ok()) s = Serve(*request, *prepared, op, fill, InfoOf(context), response);
-      reactor->Finish(ToGrpcStatus(s));
-    });
+    absl::Status queued = RunOffCallbackThread(
+        [this, reactor, context, prepared, op, request, response, fill] {
+          absl::Status s = CheckContext(context);
+          if (s.ok()) s = Serve(*request, *prepared, op, fill, InfoOf(context), response);
+          reactor->Finish(ToGrpcStatus(s));
+        },
+        static_cast<int64_t>(request->ByteSizeLong()));
+    if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
     return reactor;
   }
   if (metrics_ != nullptr) {

@@ -26,6 +26,10 @@ struct ServiceLimits {
   // The largest reply gRPC will send (--max_message_mb): a request whose
   // reply would be larger is refused before any work (RESOURCE_EXHAUSTED).
   int64_t max_reply_bytes = 64 << 20;
+  // Bytes of requests that may wait for a compute-pool thread (calls too
+  // large to merge, sparse Encodes, all calls with batching off); beyond:
+  // RESOURCE_EXHAUSTED at once. A call is always admitted when none waits.
+  int64_t max_waiting_bytes = 256 << 20;
   // False on serving-only replicas: Train gets FAILED_PRECONDITION.
   bool accept_training = true;
 };
@@ -123,8 +127,10 @@ class SaeService final : public SaeServiceBase {
   const ServiceLimits limits_;
   ComputePool* const pool_;
 
-  // Runs `fn` on the compute pool, or here when there is none.
-  void RunOffCallbackThread(std::function<void()> fn);
+  // Runs `fn` on the compute pool, or here when there is none. For a call
+  // whose request holds `bytes`: RESOURCE_EXHAUSTED (and fn dropped) when
+  // the requests waiting for the pool hold max_waiting_bytes with it.
+  absl::Status RunOffCallbackThread(std::function<void()> fn, int64_t bytes);
 
   // Every handler's first step: OK, UNAUTHENTICATED or PERMISSION_DENIED
   // for calling `method` with the call's bearer token.

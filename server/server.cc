@@ -181,7 +181,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
       impl->store.get(), impl->registry.get(), impl->jobs.get(), impl->datasets.get(),
       impl->batcher.get(), metrics, impl->auth.get(),
       ServiceLimits{options.max_rows_per_request, 1 << 20, options.max_message_bytes,
-                    options.accept_training},
+                    4 * options.max_message_bytes, options.accept_training},
       impl->compute_pool.get());
 
   grpc::EnableDefaultHealthCheckService(true);
