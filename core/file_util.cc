@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <random>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "core/mapped_file.h"
@@ -184,6 +185,52 @@ absl::StatusOr<bool> IsFolder(const std::string& path) {
     return ErrnoToStatus(e, "cannot examine", path);
   }
   return S_ISDIR(st.st_mode);
+}
+
+absl::StatusOr<FileReader> FileReader::Open(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoToStatus(errno, "cannot open", path);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const int e = errno;
+    ::close(fd);
+    return ErrnoToStatus(e, "cannot stat", path);
+  }
+  return FileReader(fd, static_cast<uint64_t>(st.st_size), path);
+}
+
+FileReader::FileReader(FileReader&& other) noexcept
+    : fd_(std::exchange(other.fd_, -1)), size_(other.size_), path_(std::move(other.path_)) {}
+
+FileReader& FileReader::operator=(FileReader&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = std::exchange(other.fd_, -1);
+    size_ = other.size_;
+    path_ = std::move(other.path_);
+  }
+  return *this;
+}
+
+FileReader::~FileReader() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+absl::Status FileReader::ReadAt(uint64_t offset, uint64_t n, char* dst) const {
+  while (n > 0) {
+    const ssize_t got = ::pread(fd_, dst, n, static_cast<off_t>(offset));
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoToStatus(errno, "cannot read", path_);
+    }
+    if (got == 0) {
+      return absl::DataLossError(absl::StrCat("'", path_, "' ended early (truncated?)"));
+    }
+    dst += got;
+    n -= static_cast<uint64_t>(got);
+    offset += static_cast<uint64_t>(got);
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<FileLock> FileLock::Acquire(const std::string& path) {

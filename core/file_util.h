@@ -7,8 +7,10 @@
 #define SAE_CORE_FILE_UTIL_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -51,6 +53,32 @@ bool PathExists(const std::string& path);
 // a stale NFS handle) is an error, so that callers do not take a folder they
 // cannot read for one that is gone.
 absl::StatusOr<bool> IsFolder(const std::string& path);
+
+// A file opened for reading at offsets (pread), closed on destruction.
+// Unlike a mapping, a file that shrinks under its reader (truncated by
+// another client of a network file system) reads as DATA_LOSS, never as a
+// SIGBUS.
+class FileReader {
+ public:
+  // NOT_FOUND for a missing file; other errors as ErrnoToStatus maps them.
+  static absl::StatusOr<FileReader> Open(const std::string& path);
+  FileReader(FileReader&& other) noexcept;
+  FileReader& operator=(FileReader&& other) noexcept;
+  ~FileReader();
+
+  uint64_t size() const { return size_; }  // when opened
+  const std::string& path() const { return path_; }
+  // Reads exactly `n` bytes at `offset` into dst; DATA_LOSS, naming the
+  // path, when the file ends first.
+  absl::Status ReadAt(uint64_t offset, uint64_t n, char* dst) const;
+
+ private:
+  FileReader(int fd, uint64_t size, std::string path)
+      : fd_(fd), size_(size), path_(std::move(path)) {}
+  int fd_ = -1;
+  uint64_t size_ = 0;
+  std::string path_;
+};
 
 // An exclusive flock(2) on a lock file, released on destruction.
 class FileLock {

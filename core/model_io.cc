@@ -1,7 +1,5 @@
 #include "core/model_io.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,7 +13,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/file_util.h"
-#include "core/mapped_file.h"
 #include "core/safetensors.h"
 #include "nlohmann/json.hpp"
 #include "xxhash.h"
@@ -55,24 +52,6 @@ struct WeightsFile {
   std::string checksum;
 };
 
-absl::Status PreadFully(int fd, char* dst, uint64_t size, uint64_t offset,
-                        const std::string& path) {
-  while (size > 0) {
-    const ssize_t n = ::pread(fd, dst, size, static_cast<off_t>(offset));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoToStatus(errno, "cannot read", path);
-    }
-    if (n == 0) {
-      return absl::DataLossError(absl::StrCat("'", path, "' ended early (truncated?)"));
-    }
-    dst += n;
-    size -= static_cast<uint64_t>(n);
-    offset += static_cast<uint64_t>(n);
-  }
-  return absl::OkStatus();
-}
-
 absl::Status WithPath(const absl::Status& s, const std::string& path) {
   return absl::Status(s.code(), absl::StrCat(path, ": ", s.message()));
 }
@@ -80,22 +59,16 @@ absl::Status WithPath(const absl::Status& s, const std::string& path) {
 // Reads every tensor straight into float32 matrices (one pread per float32
 // tensor, no intermediate copy) while hashing the file's bytes in order.
 absl::StatusOr<WeightsFile> ReadWeightsFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    absl::Status s = ErrnoToStatus(errno, "cannot open", path);
-    if (absl::IsNotFound(s)) return absl::DataLossError(s.message());
-    return s;
+  absl::StatusOr<FileReader> file = FileReader::Open(path);
+  if (!file.ok()) {
+    // In a version's folder, a missing weights file is damage.
+    if (absl::IsNotFound(file.status())) return absl::DataLossError(file.status().message());
+    return file.status();
   }
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
-  struct stat st;
-  if (::fstat(fd, &st) != 0) return ErrnoToStatus(errno, "cannot stat", path);
-  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+  const uint64_t file_size = file->size();
 
   std::string prefix(std::min<uint64_t>(file_size, 8), '\0');
-  if (absl::Status s = PreadFully(fd, prefix.data(), prefix.size(), 0, path); !s.ok()) return s;
+  if (absl::Status s = file->ReadAt(0, prefix.size(), prefix.data()); !s.ok()) return s;
   absl::StatusOr<SafetensorsHeader> header = ParseSafetensorsHeader(prefix, file_size);
   if (absl::IsOutOfRange(header.status())) {
     uint64_t n = 0;
@@ -103,7 +76,7 @@ absl::StatusOr<WeightsFile> ReadWeightsFile(const std::string& path) {
       n |= static_cast<uint64_t>(static_cast<unsigned char>(prefix[i])) << (8 * i);
     }
     prefix.resize(8 + n);  // bounded: the parser checked n against the limits
-    if (absl::Status s = PreadFully(fd, prefix.data() + 8, n, 8, path); !s.ok()) return s;
+    if (absl::Status s = file->ReadAt(8, n, prefix.data() + 8); !s.ok()) return s;
     header = ParseSafetensorsHeader(prefix, file_size);
   }
   if (!header.ok()) return WithPath(header.status(), path);
@@ -142,12 +115,12 @@ absl::StatusOr<WeightsFile> ReadWeightsFile(const std::string& path) {
       constexpr uint64_t kPiece = 1 << 20;
       for (uint64_t done = 0; done < bytes; done += kPiece) {
         const uint64_t n = std::min(kPiece, bytes - done);
-        if (absl::Status s = PreadFully(fd, raw + done, n, offset + done, path); !s.ok()) return s;
+        if (absl::Status s = file->ReadAt(offset + done, n, raw + done); !s.ok()) return s;
         XXH3_128bits_update(state, raw + done, n);
       }
     } else {
       scratch.resize(bytes);
-      if (absl::Status s = PreadFully(fd, scratch.data(), bytes, offset, path); !s.ok()) return s;
+      if (absl::Status s = file->ReadAt(offset, bytes, scratch.data()); !s.ok()) return s;
       XXH3_128bits_update(state, scratch.data(), bytes);
       ConvertToFloat32(t.dtype, scratch.data(), t.element_count(), dst);
     }

@@ -9,7 +9,7 @@ SAE_SANITIZER_TESTS=(
   load_faults_test
   metrics_test model_registry_test
   service_test training_jobs_test
-  sae_client_test
+  sae_client_test file_util_test
 )
 
 # run_sanitizer_tests BUILD_DIR NAME: runs every test, printing one line

@@ -10,7 +10,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/file_util.h"
-#include "core/mapped_file.h"
 #include "core/model_io.h"
 #include "server/log.h"
 #include "server/status_util.h"
@@ -925,18 +924,26 @@ grpc::Status SaeService::ExportModel(grpc::ServerContext* context,
   if (!check.ok()) return ToGrpcStatus(check.status());
   const std::string dir = absl::StrCat(store_->root(), "/", ref->name, "/", *version);
   for (const char* file : {kCfgFileName, kWeightsFileName}) {
-    absl::StatusOr<std::unique_ptr<MappedFile>> mapped = MappedFile::Open(dir + "/" + file);
-    if (!mapped.ok()) return ToGrpcStatus(mapped.status());
-    absl::string_view bytes = (*mapped)->bytes();
+    // Read, not mapped: a file truncated under the export (on NFS, by
+    // another client) is an error, not a SIGBUS.
+    absl::StatusOr<FileReader> reader = FileReader::Open(dir + "/" + file);
+    if (!reader.ok()) return ToGrpcStatus(reader.status());
     v1::ExportModelResponse chunk;
     chunk.set_file_name(file);
+    uint64_t offset = 0;
     do {
       if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "export cancelled");
-      const size_t n = std::min(bytes.size(), kExportChunkBytes);
-      chunk.set_chunk(bytes.data(), n);
-      bytes.remove_prefix(n);
+      const uint64_t n = std::min<uint64_t>(reader->size() - offset, kExportChunkBytes);
+      std::string* bytes = chunk.mutable_chunk();
+      bytes->resize(n);
+      if (absl::Status s = reader->ReadAt(offset, n, bytes->data()); !s.ok()) {
+        return ToGrpcStatus(absl::DataLossError(absl::StrCat(
+            "version ", *version, " of '", ref->name, "' changed while it was exported: ",
+            s.message())));
+      }
+      offset += n;
       if (!writer->Write(chunk)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
-    } while (!bytes.empty());
+    } while (offset < reader->size());
   }
   return grpc::Status::OK;
 }
