@@ -190,13 +190,14 @@ absl::StatusOr<bool> IsFolder(const std::string& path) {
 absl::StatusOr<FileReader> FileReader::Open(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return ErrnoToStatus(errno, "cannot open", path);
+  FileReader reader(fd, 0, path);  // closes fd on every return below
   struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    const int e = errno;
-    ::close(fd);
-    return ErrnoToStatus(e, "cannot stat", path);
+  if (::fstat(fd, &st) != 0) return ErrnoToStatus(errno, "cannot stat", path);
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is not a regular file"));
   }
-  return FileReader(fd, static_cast<uint64_t>(st.st_size), path);
+  reader.size_ = static_cast<uint64_t>(st.st_size);
+  return reader;
 }
 
 FileReader::FileReader(FileReader&& other) noexcept

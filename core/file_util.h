@@ -60,7 +60,8 @@ absl::StatusOr<bool> IsFolder(const std::string& path);
 // SIGBUS.
 class FileReader {
  public:
-  // NOT_FOUND for a missing file; other errors as ErrnoToStatus maps them.
+  // NOT_FOUND for a missing file, INVALID_ARGUMENT for one that is not a
+  // regular file; other errors as ErrnoToStatus maps them.
   static absl::StatusOr<FileReader> Open(const std::string& path);
   FileReader(FileReader&& other) noexcept;
   FileReader& operator=(FileReader&& other) noexcept;
@@ -68,6 +69,7 @@ class FileReader {
 
   uint64_t size() const { return size_; }  // when opened
   const std::string& path() const { return path_; }
+  int fd() const { return fd_; }  // valid while the reader lives
   // Reads exactly `n` bytes at `offset` into dst; DATA_LOSS, naming the
   // path, when the file ends first.
   absl::Status ReadAt(uint64_t offset, uint64_t n, char* dst) const;
