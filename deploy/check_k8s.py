@@ -68,6 +68,8 @@ trainer = docs.get(("Deployment", "sae-trainer"))
 need(trainer is not None, "Deployment sae-trainer is missing")
 if trainer:
     need("--accept_training=true" in container(trainer).get("args", []), "sae-trainer must accept training")
+    need(any(a.startswith("--jobs_lock_wait_s=") for a in container(trainer).get("args", [])),
+         "sae-trainer must wait for its journal's lock (a dead node's NFS lease)")
 
 pvc = docs.get(("PersistentVolumeClaim", "sae-store"))
 need(pvc is not None and "ReadWriteMany" in pvc["spec"]["accessModes"], "PVC sae-store must be ReadWriteMany")

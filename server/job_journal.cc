@@ -5,6 +5,8 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/log.h"
 #include "nlohmann/json.hpp"
 
 namespace sae::server {
@@ -121,9 +123,19 @@ absl::StatusOr<JobInfo> JobRecordFromJson(const std::string& text) {
   return job;
 }
 
-absl::StatusOr<std::unique_ptr<JobJournal>> JobJournal::Open(const std::string& dir) {
+absl::StatusOr<std::unique_ptr<JobJournal>> JobJournal::Open(const std::string& dir,
+                                                            absl::Duration lock_wait) {
   if (absl::Status s = MakeDirectory(dir); !s.ok()) return s;
+  const absl::Time give_up = absl::Now() + lock_wait;
   absl::StatusOr<FileLock> lock = FileLock::TryAcquire(dir + "/LOCK");
+  if (absl::IsUnavailable(lock.status()) && lock_wait > absl::ZeroDuration()) {
+    LogLine("job", absl::StrCat("the jobs folder '", dir, "' is locked by another process; "
+                                "waiting up to ", absl::FormatDuration(lock_wait), " for it"));
+  }
+  while (absl::IsUnavailable(lock.status()) && absl::Now() < give_up) {
+    absl::SleepFor(std::min(absl::Milliseconds(200), give_up - absl::Now()));
+    lock = FileLock::TryAcquire(dir + "/LOCK");
+  }
   if (!lock.ok()) {
     if (absl::IsUnavailable(lock.status())) {
       return absl::FailedPreconditionError(absl::StrCat(

@@ -24,6 +24,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "core/file_util.h"
 #include "server/job_info.h"
 
@@ -32,9 +33,12 @@ namespace sae::server {
 class JobJournal {
  public:
   // Opens (creating if needed) the journal folder `dir` and locks it.
-  // FAILED_PRECONDITION when another process holds the lock; file-system
-  // errors as file_util reports them.
-  static absl::StatusOr<std::unique_ptr<JobJournal>> Open(const std::string& dir);
+  // FAILED_PRECONDITION when another process holds the lock for longer than
+  // `lock_wait` (a replacement trainer whose predecessor's node died waits
+  // out the NFS lock's lease rather than fail at once); file-system errors
+  // as file_util reports them.
+  static absl::StatusOr<std::unique_ptr<JobJournal>> Open(
+      const std::string& dir, absl::Duration lock_wait = absl::ZeroDuration());
 
   // Writes (or replaces) the record of `job`.
   absl::Status Write(const JobInfo& job);

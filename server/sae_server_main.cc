@@ -23,6 +23,9 @@ ABSL_FLAG(std::string, store, "./var/models",
 ABSL_FLAG(std::string, jobs_dir, "",
           "folder for the training jobs' journal, one per training server (default: "
           "<store>/../jobs)");
+ABSL_FLAG(int, jobs_lock_wait_s, 0,
+          "seconds to wait for the jobs folder's lock when another process holds it (a "
+          "replacement trainer waiting out a dead node's NFS lock lease); 0: fail at once");
 ABSL_FLAG(std::string, datasets, "",
           "folder for uploaded datasets (default: <store>/../datasets)");
 ABSL_FLAG(int, compute_threads, 0, "threads for one matrix product (0: one per core)");
@@ -96,6 +99,7 @@ int main(int argc, char** argv) {
   options.store_root = absl::GetFlag(FLAGS_store);
   options.datasets_root = absl::GetFlag(FLAGS_datasets);
   options.jobs_root = absl::GetFlag(FLAGS_jobs_dir);
+  options.jobs_lock_wait = absl::Seconds(absl::GetFlag(FLAGS_jobs_lock_wait_s));
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
   options.max_rows_per_request = absl::GetFlag(FLAGS_max_rows);
   options.max_dataset_bytes = absl::GetFlag(FLAGS_max_dataset_mb) << 20;
@@ -117,9 +121,10 @@ int main(int argc, char** argv) {
   options.security.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.security.token_file = absl::GetFlag(FLAGS_token_file);
   if (absl::GetFlag(FLAGS_compute_threads) < 0 || absl::GetFlag(FLAGS_training_threads) < 0 ||
-      absl::GetFlag(FLAGS_shutdown_grace_s) < 0 || absl::GetFlag(FLAGS_reload_interval_ms) < 0) {
-    std::fprintf(stderr, "sae_server: --compute_threads, --training_threads, --shutdown_grace_s "
-                         "and --reload_interval_ms must be >= 0\n");
+      absl::GetFlag(FLAGS_shutdown_grace_s) < 0 || absl::GetFlag(FLAGS_reload_interval_ms) < 0 ||
+      absl::GetFlag(FLAGS_jobs_lock_wait_s) < 0) {
+    std::fprintf(stderr, "sae_server: --compute_threads, --training_threads, --shutdown_grace_s, "
+                         "--reload_interval_ms and --jobs_lock_wait_s must be >= 0\n");
     return 2;
   }
   sae::SetBlasThreads(absl::GetFlag(FLAGS_compute_threads));

@@ -138,7 +138,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   if (options.accept_training) {
     const std::string jobs_root =
         options.jobs_root.empty() ? options.store_root + "/../jobs" : options.jobs_root;
-    absl::StatusOr<std::unique_ptr<JobJournal>> opened = JobJournal::Open(jobs_root);
+    absl::StatusOr<std::unique_ptr<JobJournal>> opened =
+        JobJournal::Open(jobs_root, options.jobs_lock_wait);
     if (!opened.ok()) return opened.status();
     journal = std::move(*opened);
   }

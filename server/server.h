@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 namespace sae::server {
 
@@ -31,6 +32,9 @@ struct ServerOptions {
   // that trains; default: <store_root>/../jobs. Unused with accept_training
   // false.
   std::string jobs_root;
+  // How long to wait for the jobs folder's lock when another process holds
+  // it (JobJournal::Open); 0: fail at once.
+  absl::Duration jobs_lock_wait = absl::ZeroDuration();
   int64_t max_message_bytes = 64 << 20;
   int64_t max_rows_per_request = 65536;
   int64_t max_dataset_bytes = int64_t{2} << 30;

@@ -367,6 +367,30 @@ TEST(JobJournalTest, RecordsRoundTripAndBadOnesAreSkipped) {
   RemoveTree(dir).IgnoreError();
 }
 
+// A replacement trainer waits for a lock another process still holds (a
+// dead node's NFS lease), up to its limit, and takes it once released.
+TEST(JobJournalTest, AnOpenWaitsForAHeldLockUpToItsLimit) {
+  const std::string dir = sae::testing::FreshTestDir("journal_wait");
+  auto held = JobJournal::Open(dir);
+  ASSERT_TRUE(held.ok()) << held.status();
+  const absl::Time start = absl::Now();
+  EXPECT_EQ(JobJournal::Open(dir, absl::Milliseconds(300)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(300));
+  std::thread releaser([&] {
+    absl::SleepFor(absl::Milliseconds(300));
+    held->reset();
+  });
+  const absl::Time second = absl::Now();
+  absl::StatusOr<std::unique_ptr<JobJournal>> waited = JobJournal::Open(dir, absl::Seconds(30));
+  releaser.join();
+  EXPECT_TRUE(waited.ok()) << waited.status();
+  EXPECT_GE(absl::Now() - second, absl::Milliseconds(250));
+  EXPECT_LT(absl::Now() - second, absl::Seconds(20));
+  waited->reset();
+  RemoveTree(dir).IgnoreError();
+}
+
 // What a restarted server makes of the journal a killed one left behind.
 TEST(TrainingJobsTest, JobsOfAKilledServerComeBackInterruptedOrSucceeded) {
   const std::string root = absl::StrCat(::testing::TempDir(), "/jobs3_", ::getpid());
