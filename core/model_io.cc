@@ -24,7 +24,12 @@ namespace {
 using Json = nlohmann::json;
 
 constexpr size_t kMaxJsonFileBytes = 16u << 20;
-constexpr int kMetadataFormatVersion = 1;
+// 2: sae_service.json carries a checksum of its own content (kSelfChecksum).
+constexpr int kMetadataFormatVersion = 2;
+// The XXH3-128 of the metadata object's compact dump without this key (keys
+// sorted, numbers in their shortest round-trip form: a parsed copy dumps to
+// the same text).
+constexpr char kSelfChecksum[] = "self_checksum";
 // Written into cfg.json's metadata so that SAELens takes the v6 code path.
 constexpr char kSaeLensFormatVersion[] = "6.0.0";
 
@@ -463,6 +468,7 @@ absl::Status SaveModelFolder(const Model& model, const ModelMetadata& metadata,
   for (const auto& [name, value] : metadata.metrics) {
     if (std::isfinite(value)) meta["metrics"][name] = value;  // JSON has no inf/nan
   }
+  meta[kSelfChecksum] = ChecksumOf(meta.dump());
   const std::string meta_text = meta.dump(2) + "\n";
 
   if (absl::Status s = WriteFileDurably(dir + "/" + kWeightsFileName, pieces); !s.ok()) return s;
@@ -474,6 +480,19 @@ absl::StatusOr<LoadedModel> LoadModelFolder(const std::string& dir) {
   const std::string meta_path = dir + "/" + kMetadataFileName;
   absl::StatusOr<Json> meta = ReadJsonFile(meta_path, nullptr);
   if (!meta.ok()) return meta.status();
+  // The model's settings live here too: a flipped bit in them must not
+  // serve a different model. Folders of format 1 have no such checksum.
+  if (auto self = meta->find(kSelfChecksum); self != meta->end()) {
+    Json rest = *meta;
+    rest.erase(kSelfChecksum);
+    const std::string have = ChecksumOf(rest.dump());
+    if (!self->is_string() || self->get<std::string>() != have) {
+      return absl::DataLossError(absl::StrCat(meta_path, ": checksum mismatch (", have,
+                                              ", recorded ", self->dump(), ")"));
+    }
+  } else if (GetNumber(*meta, "format_version", 1) >= 2) {
+    return absl::DataLossError(absl::StrCat(meta_path, ": no ", kSelfChecksum));
+  }
   const Json* sums = meta->contains("checksums") ? &(*meta)["checksums"] : nullptr;
   if (sums == nullptr || !sums->is_object()) {
     return absl::DataLossError(absl::StrCat(meta_path, ": no checksums"));

@@ -7,7 +7,8 @@
 //                             for JumpReLU)
 //   sae_service.json          this project's metadata: full model settings,
 //                             training settings, metrics, creation time, data
-//                             shape, and an XXH3-128 checksum of each file above
+//                             shape, an XXH3-128 checksum of each file above,
+//                             and one of its own content (self_checksum)
 //
 // SAELens ignores sae_service.json, so `SAE.load_from_disk` reads a folder as
 // it is. The architecture of a sigmoid + KL model is written as "sigmoid_kl",

@@ -139,6 +139,20 @@ TEST_F(ModelIoTest, DamagedFilesAreDataLoss) {
       {"missing weights", [&](const std::string& d) { std::remove((d + w).c_str()); }},
       {"cfg edited", [&](const std::string& d) { FlipByte(d + "/cfg.json", 5, false); }},
       {"missing metadata", [&](const std::string& d) { std::remove((d + "/sae_service.json").c_str()); }},
+      {"settings edited", [&](const std::string& d) {
+         // A valid file whose model settings changed (as a flipped bit in a
+         // digit would change them): the model would compute something else.
+         std::ifstream in(d + "/sae_service.json");
+         nlohmann::json j = nlohmann::json::parse(in);
+         j["model"]["l1_coefficient"] = 0.5;
+         std::ofstream(d + "/sae_service.json", std::ios::trunc) << j.dump(2);
+       }},
+      {"self checksum removed", [&](const std::string& d) {
+         std::ifstream in(d + "/sae_service.json");
+         nlohmann::json j = nlohmann::json::parse(in);
+         j.erase("self_checksum");
+         std::ofstream(d + "/sae_service.json", std::ios::trunc) << j.dump(2);
+       }},
       {"checksum edited", [&](const std::string& d) {
          std::ifstream in(d + "/sae_service.json");
          nlohmann::json j = nlohmann::json::parse(in);
@@ -183,6 +197,36 @@ std::string BF16(const float* p, size_t n) {
     out.append(reinterpret_cast<const char*>(&top), 2);
   }
   return out;
+}
+
+// Folders written before sae_service.json checksummed itself (format 1)
+// still load; a format-2 file carries its checksum through a parse and a
+// re-dump of any indentation.
+TEST_F(ModelIoTest, MetadataOfTheFirstFormatStillLoads) {
+  ModelConfig c = DefaultConfig(16, 32, Activation::kTopK);
+  c.k = 4;
+  auto model = RandomModel(c, 9);
+  ModelMetadata meta;
+  meta.metrics["fvu"] = 0.123456789012345;
+  meta.description = "caf\xc3\xa9 \"quoted\"";
+  ASSERT_TRUE(SaveModelFolder(*model, meta, dir_).ok());
+  {
+    std::ifstream in(dir_ + "/sae_service.json");
+    nlohmann::json j = nlohmann::json::parse(in);
+    std::ofstream(dir_ + "/sae_service.json", std::ios::trunc) << j.dump(4);
+  }
+  ASSERT_TRUE(LoadModelFolder(dir_).ok());
+  {
+    std::ifstream in(dir_ + "/sae_service.json");
+    nlohmann::json j = nlohmann::json::parse(in);
+    j.erase("self_checksum");
+    j["format_version"] = 1;
+    std::ofstream(dir_ + "/sae_service.json", std::ios::trunc) << j.dump(2);
+  }
+  absl::StatusOr<LoadedModel> old = LoadModelFolder(dir_);
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_EQ(old->model->config().k, 4);
+  EXPECT_EQ(old->metadata.description, meta.description);
 }
 
 TEST_F(ModelIoTest, ImportsSaeLensTopKWithDecoderNormRescaling) {
