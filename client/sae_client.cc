@@ -1,5 +1,6 @@
 #include "client/sae_client.h"
 
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <fstream>
@@ -20,6 +21,8 @@ namespace sae::client {
 namespace {
 
 constexpr size_t kChunkBytes = 1 << 20;
+// The widest reply row taken without data to back it (a reply of no rows).
+constexpr uint64_t kMaxReplyWidth = uint64_t{1} << 31;
 
 void SetTensor(ConstMatrixRef m, v1::Tensor* t) {
   t->add_shape(m.rows());
@@ -47,8 +50,13 @@ absl::StatusOr<RowMatrix> GetTensor(const v1::Tensor& t, int64_t rows, int64_t c
   }
   const size_t have = t.has_values() ? static_cast<size_t>(t.values().values_size()) * 4
                                      : t.raw().size();
-  // Compared by division first: the shape is the server's word, and its
-  // product may overflow.
+  // The shape is the server's word: a width beyond what the data could hold
+  // is refused before a product that could overflow.
+  if (static_cast<uint64_t>(t.shape(1)) > std::max<uint64_t>(have / 4, kMaxReplyWidth)) {
+    return absl::InternalError(absl::StrCat("server sent rows of ", t.shape(1),
+                                            " values, more than its ", have,
+                                            " bytes of data hold"));
+  }
   const uint64_t row_bytes = static_cast<uint64_t>(t.shape(1)) * 4;
   if ((rows > 0 && row_bytes > have / static_cast<uint64_t>(rows)) ||
       row_bytes * static_cast<uint64_t>(rows) != have) {

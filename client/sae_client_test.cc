@@ -24,6 +24,7 @@ struct Misbehaviour {
   int64_t extra_rows = 0;         // rows added to (negative: taken from) each answer
   int64_t extra_cols = 0;         // values added to each answered row
   int64_t claimed_rows = 0;       // > 0: the shape claims this many rows, with no data
+  int64_t claimed_cols = 0;       // > 0: rows as asked, this many columns, 4 bytes a row
   bool break_offsets = false;     // sparse: offsets that do not span the entries
   int64_t stream_answers = -1;    // >= 0: answer only this many stream messages
   std::string export_file = "";   // a file name to send instead of cfg.json
@@ -35,6 +36,12 @@ void Answer(int64_t rows, int64_t cols, const Misbehaviour& m, v1::Tensor* t) {
   if (m.claimed_rows > 0) {
     t->add_shape(m.claimed_rows);
     t->add_shape(m.claimed_rows);
+    return;
+  }
+  if (m.claimed_cols > 0) {
+    t->add_shape(rows);
+    t->add_shape(m.claimed_cols);
+    t->set_raw(std::string(static_cast<size_t>(rows) * 4, '\0'));
     return;
   }
   rows += m.extra_rows;
@@ -171,6 +178,16 @@ TEST_F(ClientRepliesTest, AHugeClaimedShapeIsNotAllocated) {
   // 2^40 x 2^40: allocating it would throw; the row count is checked first.
   Serve({.claimed_rows = int64_t{1} << 40});
   ExpectInternal(client_->Encode(model_, x_).status(), "expected 5");
+}
+
+TEST_F(ClientRepliesTest, AWidthWhoseRowSizeOverflowsIsNotAllocated) {
+  // (2^62 + 1) * 4 bytes wraps to 4 in 64 bits: 4 bytes a row would seem to
+  // fit the data sent.
+  Serve({.claimed_cols = (int64_t{1} << 62) + 1});
+  ExpectInternal(client_->Encode(model_, x_).status(), "rows of 4611686018427387905 values");
+  // 2^62 * 4 wraps to 0.
+  Serve({.claimed_cols = int64_t{1} << 62});
+  ExpectInternal(client_->Encode(model_, x_).status(), "rows of 4611686018427387904 values");
 }
 
 TEST_F(ClientRepliesTest, AReconstructionOfAnotherWidthIsAnError) {
