@@ -68,8 +68,17 @@ trainer = docs.get(("Deployment", "sae-trainer"))
 need(trainer is not None, "Deployment sae-trainer is missing")
 if trainer:
     need("--accept_training=true" in container(trainer).get("args", []), "sae-trainer must accept training")
-    need(any(a.startswith("--jobs_lock_wait_s=") for a in container(trainer).get("args", [])),
-         "sae-trainer must wait for its journal's lock (a dead node's NFS lease)")
+    waits = [int(a.split("=", 1)[1]) for a in container(trainer).get("args", [])
+             if a.startswith("--jobs_lock_wait_s=")]
+    need(waits, "sae-trainer must wait for its journal's lock (a dead node's NFS lease)")
+    # The health port opens only once the lock is held: until then kubelet must
+    # not count the container as dead.
+    startup = container(trainer).get("startupProbe", {})
+    window = startup.get("initialDelaySeconds", 0) + \
+        startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
+    need(startup.get("grpc", {}).get("port") == 8081 and waits and window > waits[0] + 30,
+         f"sae-trainer needs a gRPC startupProbe on 8081 that outlasts --jobs_lock_wait_s "
+         f"plus 30 s of start-up (it allows {window} s)")
 
 pvc = docs.get(("PersistentVolumeClaim", "sae-store"))
 need(pvc is not None and "ReadWriteMany" in pvc["spec"]["accessModes"], "PVC sae-store must be ReadWriteMany")
