@@ -325,18 +325,27 @@ bool ParseCsvLine(absl::string_view line, Put put) {
 
 absl::StatusOr<RowMatrix> ParseCsv(absl::string_view text) {
   // Two passes, so that the result is the only allocation: the first finds
-  // the header, the width and the row count and checks every row's width;
-  // the second parses the values into place. rows x cols is then the number
-  // of fields in the file, each at least two bytes of it.
+  // the header, the width and the row count and checks every row's width
+  // and that no field is empty; the second parses the values into place.
+  // rows x cols is then the number of fields in the file, each at least two
+  // bytes of it (a value and its separator), so a file of bare commas
+  // cannot make the result outgrow twice the file.
   int64_t cols = -1, rows = 0, line_no = 0, header_line = 0;
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     ++line_no;
     line = absl::StripAsciiWhitespace(line);
     if (line.empty()) continue;
-    const int64_t fields = 1 + static_cast<int64_t>(std::count(line.begin(), line.end(), ','));
     if (cols < 0 && header_line == 0 && !ParseCsvLine(line, [](int64_t, float) {})) {
       header_line = line_no;  // a first line that is not numeric is a header
       continue;
+    }
+    int64_t fields = 0;
+    for (absl::string_view field : absl::StrSplit(line, ',')) {
+      if (absl::StripAsciiWhitespace(field).empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("CSV line ", line_no, ": value ", fields + 1, " is empty"));
+      }
+      ++fields;
     }
     if (cols < 0) cols = fields;
     if (fields != cols) {

@@ -209,6 +209,20 @@ TEST(CsvTest, ReportsTheLineOfABadRowAfterAHeader) {
   EXPECT_EQ(ParseCsv("a,b\n").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Empty fields are refused while counting, before the result is
+// allocated: a file of bare commas would otherwise ask 4 bytes a byte.
+TEST(CsvTest, RefusesEmptyFieldsBeforeAllocating) {
+  absl::StatusOr<RowMatrix> commas = ParseCsv(absl::StrCat("1,2,3\n", std::string(1000, ','), "\n"));
+  ASSERT_FALSE(commas.ok());
+  EXPECT_EQ(commas.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(commas.status().message().find("CSV line 2: value 1 is empty"), std::string::npos)
+      << commas.status();
+  absl::StatusOr<RowMatrix> blank = ParseCsv("1,2,3\n4, ,6\n");
+  ASSERT_FALSE(blank.ok());
+  EXPECT_NE(blank.status().message().find("CSV line 2: value 2 is empty"), std::string::npos)
+      << blank.status();
+}
+
 TEST(CsvTest, ParsesAVeryWideRowInPlace) {
   std::string line;
   for (int i = 0; i < 100000; ++i) absl::StrAppend(&line, i > 0 ? "," : "", i % 7);
