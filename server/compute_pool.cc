@@ -22,6 +22,11 @@ void ComputePool::Run(std::function<void()> fn) {
   PushLocked(std::move(fn), 0);
 }
 
+void ComputePool::RunNext(std::function<void()> fn) {
+  absl::MutexLock lock(&mu_);
+  PushLocked(std::move(fn), 0, /*first=*/true);
+}
+
 bool ComputePool::TryRun(std::function<void()> fn, int64_t bytes, int64_t max_waiting_bytes) {
   absl::MutexLock lock(&mu_);
   // An idle thread, or a new one, takes it at once: it will not wait.
@@ -32,8 +37,12 @@ bool ComputePool::TryRun(std::function<void()> fn, int64_t bytes, int64_t max_wa
   return true;
 }
 
-void ComputePool::PushLocked(std::function<void()> fn, int64_t bytes) {
-  queue_.push_back({std::move(fn), bytes});
+void ComputePool::PushLocked(std::function<void()> fn, int64_t bytes, bool first) {
+  if (first) {
+    queue_.push_front({std::move(fn), bytes});
+  } else {
+    queue_.push_back({std::move(fn), bytes});
+  }
   waiting_bytes_ += bytes;
   // A waiting thread takes it (the unlock wakes it); otherwise start one.
   if (idle_ >= static_cast<int>(queue_.size())) return;

@@ -30,6 +30,10 @@ class ComputePool {
   ~ComputePool();
 
   void Run(std::function<void()> fn);
+  // Run, ahead of every closure already waiting: for short work that many
+  // calls wait on (a batching queue handed over by its leader), which must
+  // not wait behind large products queued before it.
+  void RunNext(std::function<void()> fn);
   // Run, for a closure that holds `bytes` (its request) while it waits for
   // a thread: refused (false, fn dropped) when closures already waiting hold
   // `max_waiting_bytes` or more with it. One is always admitted when none
@@ -42,7 +46,8 @@ class ComputePool {
     int64_t bytes = 0;
   };
   void Loop();
-  void PushLocked(std::function<void()> fn, int64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PushLocked(std::function<void()> fn, int64_t bytes, bool first = false)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const int max_threads_;
   absl::Mutex mu_;

@@ -1,6 +1,8 @@
 #include "server/compute_pool.h"
 
 #include <atomic>
+#include <string>
+#include <vector>
 #include <thread>
 
 #include "absl/synchronization/notification.h"
@@ -46,6 +48,25 @@ TEST(ComputePoolTest, BeyondItsThreadsClosuresQueueAndAllRun) {
   }
   EXPECT_EQ(ran, 50);
   EXPECT_LE(most, 2);
+}
+
+// RunNext goes ahead of the closures already waiting for a thread.
+TEST(ComputePoolTest, RunNextGoesAheadOfWaitingClosures) {
+  std::vector<char> order;
+  {
+    ComputePool pool(1);
+    absl::Notification release, started;
+    pool.Run([&] {
+      started.Notify();
+      release.WaitForNotification();
+    });
+    ASSERT_TRUE(started.WaitForNotificationWithTimeout(absl::Seconds(10)));
+    pool.Run([&] { order.push_back('a'); });
+    pool.Run([&] { order.push_back('b'); });
+    pool.RunNext([&] { order.push_back('n'); });
+    release.Notify();
+  }  // the one thread runs the rest in queue order, then joins
+  EXPECT_EQ(std::string(order.begin(), order.end()), "nab");
 }
 
 // Closures waiting for a thread are bounded by the bytes they hold; the

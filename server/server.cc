@@ -174,10 +174,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   impl->compute_pool = std::make_unique<ComputePool>(std::max(8, 4 * BlasThreads()));
   // A call that leads its batching queue computes its own batch and hands
   // the rest to the pool, so that it is answered at once however long the
-  // queue stays busy. The pool outlives the batcher's last work: it is
-  // destroyed first (Impl's member order) and runs what it was given.
-  impl->batcher->set_executor(
-      [pool = impl->compute_pool.get()](std::function<void()> fn) { pool->Run(std::move(fn)); });
+  // queue stays busy. The hand-off goes ahead of large products waiting for
+  // a thread: the small calls it leads would otherwise wait behind them.
+  // The pool outlives the batcher's last work: it is destroyed first
+  // (Impl's member order) and runs what it was given.
+  impl->batcher->set_executor([pool = impl->compute_pool.get()](std::function<void()> fn) {
+    pool->RunNext(std::move(fn));
+  });
   impl->service = std::make_unique<SaeService>(
       impl->store.get(), impl->registry.get(), impl->jobs.get(), impl->datasets.get(),
       impl->batcher.get(), metrics, impl->auth.get(),
