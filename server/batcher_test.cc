@@ -143,25 +143,38 @@ TEST(BatcherTest, IdleQueuesAreFreedWithTheirVersions) {
   EXPECT_TRUE(first.expired()) << "the batcher still holds a version it no longer serves";
 
   // A call taken back leaves the leader's queue to the leader, which frees
-  // it when done; the ticket is then stale.
+  // it when done; the ticket is then stale. The leader waits (up to a
+  // minute) for a full batch, which a large call gives it at the end, so
+  // the test does not hang on the delay nor race it.
   auto model = TestModel();
-  RowMatrix leader_out, out;
-  Batcher slow(BatchingOptions{true, 1000, 300000, 16384}, {});
+  const RowMatrix filler = Rows(999, 5);
+  RowMatrix leader_out, out, filler_out;
+  Batcher slow(BatchingOptions{true, 1000, 60'000'000, 16384}, {});
   std::thread leader([&] {
     EXPECT_TRUE(slow.Run("m", model, BatchOp::kEncode, x, absl::InfiniteFuture(), nullptr,
                          &leader_out).ok());
   });
-  ASSERT_TRUE(WaitForLeader(slow));
-  std::atomic<int> done_calls{0};
-  const Batcher::Ticket ticket = slow.Submit("m", model, BatchOp::kEncode, x,
-                                             absl::InfiniteFuture(), &out,
-                                             [&](absl::Status) { ++done_calls; });
-  ASSERT_NE(ticket.id, 0u) << "the call should have queued behind the leader";
-  EXPECT_EQ(slow.queues_for_testing(), 1u);
-  EXPECT_TRUE(slow.Cancel(ticket));
-  EXPECT_FALSE(slow.Cancel(ticket)) << "a ticket cancels once";
+  std::atomic<int> cancelled_done{0}, filler_done{0};
+  Batcher::Ticket ticket;
+  if (WaitForLeader(slow)) {
+    ticket = slow.Submit("m", model, BatchOp::kEncode, x, absl::InfiniteFuture(), &out,
+                         [&](absl::Status) { ++cancelled_done; });
+    EXPECT_NE(ticket.id, 0u) << "the call should have queued behind the leader";
+    EXPECT_EQ(slow.queues_for_testing(), 1u);
+    EXPECT_TRUE(slow.Cancel(ticket));
+    EXPECT_FALSE(slow.Cancel(ticket)) << "a ticket cancels once";
+  } else {
+    ADD_FAILURE() << "no leader within 2 s";
+  }
+  // Fills the leader's batch (1 + 999 rows), which releases it.
+  slow.Submit("m", model, BatchOp::kEncode, filler, absl::InfiniteFuture(), &filler_out,
+              [&](absl::Status s) {
+                EXPECT_TRUE(s.ok()) << s;
+                ++filler_done;
+              });
   leader.join();
-  EXPECT_EQ(done_calls, 0);
+  EXPECT_EQ(cancelled_done, 0);
+  EXPECT_EQ(filler_done, 1);
   EXPECT_EQ(slow.queues_for_testing(), 0u);
   EXPECT_FALSE(slow.Cancel(ticket));
 }
