@@ -194,7 +194,9 @@ void ExpectRowByRowStepsEqualStep(Activation activation, OptimizerKind kind) {
         });
     opt.UpdateBiases(g_by_row, &by_row);
     EXPECT_EQ(t.total, u.total) << "step " << step;
-    if (Parallelism() > 1) EXPECT_GT(threads.size(), 1u) << "the units ran on one thread";
+    if (Parallelism() > 1) {
+      EXPECT_GT(threads.size(), 1u) << "the units ran on one thread";
+    }
     for (int64_t j = 0; j < c.d_hidden; ++j) {
       ASSERT_EQ(calls[j].load(), 1) << "unit " << j << ", step " << step;
     }
