@@ -12,7 +12,9 @@
 #include "core/packed_gemm.h"
 #include "core/objective.h"
 #include "core/optimizer.h"
+#include "core/parallel.h"
 #include "core/parameters.h"
+#include "core/topk_screen.h"
 
 namespace sae {
 namespace {
@@ -151,19 +153,59 @@ void BM_TrainingLoss(benchmark::State& state, Activation activation) {
 BENCHMARK_CAPTURE(BM_TrainingLoss, relu, Activation::kRelu)->UseRealTime();
 BENCHMARK_CAPTURE(BM_TrainingLoss, topk, Activation::kTopK)->UseRealTime();
 
+// The TopK selection of a training step, from the encoder's input to the
+// k units of each row: the full sgemm and SelectTopK (screen = 0), or the
+// bfloat16 screen (1, core/topk_screen.h; where the CPU has it).
+void BM_TopKSelection(benchmark::State& state) {
+  const bool screen = state.range(0) != 0;
+  if (screen && !TopKScreen::Supported()) {
+    state.SkipWithError("no AVX512_BF16 on this CPU");
+    return;
+  }
+  ModelConfig c = DefaultConfig(kIn, kHidden, Activation::kTopK);
+  const ModelWeights w = InitialWeights(c, 1);
+  const RowMatrix x = Random(kBatch, kIn);
+  const RowMatrix w_enc_t = w.w_enc.transpose();
+  RowMatrix pre(kBatch, kHidden);
+  std::vector<int32_t> idx(kBatch * 32);
+  std::vector<float> val(kBatch * 32);
+  TopKScreen topk_screen;
+  for (auto _ : state) {
+    if (screen) {
+      topk_screen.Select(x, w_enc_t, w.b_enc.data(), 32, idx.data(), val.data());
+    } else {
+      pre.rowwise() = w.b_enc.transpose();
+      Gemm(Transpose::kNo, Transpose::kYes, 1.0f, x, w_enc_t, 1.0f, pre);
+      ParallelFor(kBatch, 16, [&](int, int64_t r0, int64_t r1) {
+        SelectTopK(pre.middleRows(r0, r1 - r0), 32, idx.data() + r0 * 32, val.data() + r0 * 32);
+      });
+    }
+    benchmark::DoNotOptimize(idx.data());
+  }
+  if (screen) state.counters["candidates_per_row"] = topk_screen.candidates_per_row();
+}
+BENCHMARK(BM_TopKSelection)->ArgName("screen")->Arg(0)->Arg(1)->UseRealTime();
+
 // A whole TopK training step (loss, gradient and Adam): as the trainer runs
 // it, each unit's rows updated as the backward pass makes them (row_by_row
-// = 1), or through a gradient buffer and Optimizer::Step (0).
+// = 1), or through a gradient buffer and Optimizer::Step (0); with the
+// bfloat16 screen where the CPU has it (screen = 1) or the full product.
 void BM_TopKTrainingStep(benchmark::State& state) {
   const bool row_by_row = state.range(0) != 0;
   ModelConfig c = DefaultConfig(kIn, kHidden, Activation::kTopK);
   ParameterSet p = ParameterSet::FromWeights(InitialWeights(c, 1));
-  const RowMatrix x = Random(kBatch, kIn);
+  // Eight batches in turn, as a training run sees new rows (a model that
+  // sees one batch over and over memorises it).
+  constexpr int64_t kBatches = 8;
+  const RowMatrix data = Random(kBatches * kBatch, kIn);
   ObjectiveWorkspace ws;
+  ws.use_topk_screen = state.range(1) != 0;
+  int64_t step = 0;
   Gradients g(kIn, kHidden);
   auto opt = Optimizer::Create(OptimizerOptions{}, p);
   Optimizer& o = **opt;
   for (auto _ : state) {
+    const auto x = data.middleRows((step++ % kBatches) * kBatch, kBatch);
     if (row_by_row) {
       o.ComputeLossAndStep(c, x, x, &ws, &g, &p);
     } else {
@@ -173,8 +215,12 @@ void BM_TopKTrainingStep(benchmark::State& state) {
   }
   state.counters["rows_per_s"] = benchmark::Counter(
       static_cast<double>(kBatch), benchmark::Counter::kIsIterationInvariantRate);
+  if (ws.use_topk_screen) state.counters["candidates_per_row"] = ws.topk_screen.candidates_per_row();
 }
-BENCHMARK(BM_TopKTrainingStep)->ArgName("row_by_row")->Arg(0)->Arg(1)->UseRealTime();
+BENCHMARK(BM_TopKTrainingStep)
+    ->ArgNames({"row_by_row", "screen"})
+    ->ArgsProduct({{0, 1}, {0, 1}})
+    ->UseRealTime();
 
 }  // namespace
 }  // namespace sae

@@ -165,15 +165,22 @@ LossTerms TopKLoss(const ModelConfig& config, const ParameterSet& params,
   const int64_t d_h = config.d_hidden;
   const double inv_b = 1.0 / static_cast<double>(batch);
   LossTerms t;
-  ws.pre.rowwise() = params.b_enc().transpose();
-  Gemm(Transpose::kNo, Transpose::kYes, 1.0f, ws.centered, params.w_enc_t(),
-       1.0f, ws.pre);
   ws.topk_indices.resize(static_cast<size_t>(batch * k));
   ws.topk_values.resize(static_cast<size_t>(batch * k));
-  ParallelFor(batch, 16, [&](int, int64_t r0, int64_t r1) {
-    SelectTopK(ws.pre.middleRows(r0, r1 - r0), k, ws.topk_indices.data() + r0 * k,
-               ws.topk_values.data() + r0 * k);
-  });
+  const bool screened =
+      ws.use_topk_screen && ws.topk_screen.ShouldSelect(batch, config.d_in, d_h, k) &&
+      ws.topk_screen.Select(ws.centered, params.w_enc_t(), params.b_enc().data(), k,
+                            ws.topk_indices.data(), ws.topk_values.data());
+  ws.topk_screened = screened;
+  if (!screened) {
+    ws.pre.rowwise() = params.b_enc().transpose();
+    Gemm(Transpose::kNo, Transpose::kYes, 1.0f, ws.centered, params.w_enc_t(),
+         1.0f, ws.pre);
+    ParallelFor(batch, 16, [&](int, int64_t r0, int64_t r1) {
+      SelectTopK(ws.pre.middleRows(r0, r1 - r0), k, ws.topk_indices.data() + r0 * k,
+                 ws.topk_values.data() + r0 * k);
+    });
+  }
   const int32_t* idx = ws.topk_indices.data();
   const float* val = ws.topk_values.data();
 

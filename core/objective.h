@@ -22,6 +22,7 @@
 #include "core/model_config.h"
 #include "core/parameters.h"
 #include "core/tensor.h"
+#include "core/topk_screen.h"
 
 namespace sae {
 
@@ -62,6 +63,14 @@ struct ObjectiveWorkspace {
   std::vector<RowMatrix> decode_parts;
   // ComputeLossWithUnitSink (TopK): per chunk, one unit's two gradient rows.
   std::vector<std::vector<float>> unit_rows;
+  // TopK: the selection through a bfloat16 screen (core/topk_screen.h),
+  // where the CPU has it and the product is large enough to pay. The
+  // selection is the same; the selected values are float32 dot products
+  // instead of sgemm's (they differ by float rounding). False: always the
+  // full float32 product (for tests and benchmarks that compare the two).
+  bool use_topk_screen = true;
+  TopKScreen topk_screen;
+  bool topk_screened = false;  // whether the last TopK loss selected through it
 };
 
 // An activation counts as active when f > kActiveThreshold (sigmoid units

@@ -170,6 +170,34 @@ TEST(ObjectiveTest, TopKReconstructionMatchesTheModel) {
                                      << (residual - ws.output).cwiseAbs().maxCoeff();
 }
 
+// Where the CPU has AVX512_BF16, a TopK loss large enough for the bfloat16
+// screen selects the same units as the full float32 product, and its loss
+// and gradient differ from that one's by float rounding only.
+TEST(ObjectiveTest, TopKThroughTheScreenSelectsWhatTheFullProductSelects) {
+  ModelConfig c = DefaultConfig(128, 1024, Activation::kTopK);
+  c.k = 16;
+  if (!TopKScreen::Supported()) GTEST_SKIP() << "this CPU has no AVX512_BF16";
+  ASSERT_TRUE(TopKScreen::Pays(64, c.d_in, c.d_hidden, c.k));
+  const RowMatrix x = RandomMatrix(64, c.d_in, 31, -1.0f, 1.0f);
+  const ParameterSet p = RandomParams(c, 32);
+  ObjectiveWorkspace full, screened;
+  full.use_topk_screen = false;
+  Gradients g_full(c.d_in, c.d_hidden), g_screened(c.d_in, c.d_hidden);
+  const LossTerms t_full = ComputeLoss(c, p, x, x, &full, &g_full);
+  const LossTerms t_screened = ComputeLoss(c, p, x, x, &screened, &g_screened);
+  EXPECT_GE(screened.topk_screen.candidates_per_row(), c.k) << "the screen did not run";
+  EXPECT_EQ(screened.topk_indices, full.topk_indices);
+  for (size_t i = 0; i < full.topk_values.size(); ++i) {
+    ASSERT_NEAR(screened.topk_values[i], full.topk_values[i],
+                1e-5f * (1.0f + std::abs(full.topk_values[i])))
+        << "entry " << i;
+  }
+  EXPECT_NEAR(t_screened.total, t_full.total, 1e-5 * t_full.total);
+  EXPECT_EQ(g_screened.unit_touched, g_full.unit_touched);
+  const Vector diff = g_screened.values.flat() - g_full.values.flat();
+  EXPECT_LT(diff.cwiseAbs().maxCoeff(), 1e-4 * g_full.values.flat().cwiseAbs().maxCoeff());
+}
+
 // A 2 -> 2 ReLU model small enough to compute by hand:
 // W_enc = I, b_enc = 0, W_dec = 2I, b_dec = 0, x = [1, -1]:
 // pre = [1, -1], f = [1, 0], x_hat = [2, 0], squared error = 1 + 1 = 2,

@@ -150,9 +150,12 @@ absl::StatusOr<TrainingResult> Train(const ModelConfig& config_in,
 
   Gradients grads(config.d_in, config.d_hidden);
   ObjectiveWorkspace workspace;
+  workspace.use_topk_screen = options.topk_screen;
   RowMatrix clean, noisy;
   std::vector<int64_t> last_fired(static_cast<size_t>(config.d_hidden), 0);
   int64_t rows_seen = 0;
+  int64_t screened_steps = 0;
+  double screen_candidates = 0;
 
   // Running sums since the last progress report.
   double sum_loss = 0, sum_err = 0, sum_var = 0, sum_l0 = 0;
@@ -214,6 +217,10 @@ absl::StatusOr<TrainingResult> Train(const ModelConfig& config_in,
       }
 
       rows_seen += n;
+      if (workspace.topk_screened) {
+        ++screened_steps;
+        screen_candidates += workspace.topk_screen.candidates_per_row();
+      }
       for (size_t j = 0; j < last_fired.size(); ++j) {
         if (workspace.unit_fired[j]) last_fired[j] = rows_seen;
       }
@@ -235,6 +242,10 @@ absl::StatusOr<TrainingResult> Train(const ModelConfig& config_in,
   TrainingResult result;
   result.final_loss = progress.loss;
   result.dead_fraction = progress.dead_fraction;
+  result.topk_screened_steps = screened_steps;
+  if (screened_steps > 0) {
+    result.topk_screen_candidates_per_row = screen_candidates / static_cast<double>(screened_steps);
+  }
   absl::StatusOr<std::shared_ptr<const Model>> model =
       Model::Create(config, params.ToWeights());
   if (!model.ok()) return model.status();

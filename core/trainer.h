@@ -40,6 +40,14 @@ struct TrainerOptions {
   // A unit is dead when it fired for none of the last dead_window_rows
   // training rows. 0: one epoch's worth of rows.
   int64_t dead_window_rows = 0;
+  // TopK: select the active units through the bfloat16 screen
+  // (core/topk_screen.h) where the CPU has AVX512_BF16. The selection is
+  // the same as through the full float32 product; the active values
+  // differ by float rounding (another summation order), so a run is
+  // reproducible bit for bit on one machine, not across CPUs with and
+  // without the instructions. false: always the full product (for
+  // comparisons).
+  bool topk_screen = true;
 
   absl::Status Validate() const;
 };
@@ -70,6 +78,10 @@ struct TrainingResult {
   double rows_per_s = 0;
   double final_loss = 0;      // average over the last progress window
   double dead_fraction = 0;   // at the end of training (dead window rule)
+  // TopK: the steps whose selection went through the bfloat16 screen
+  // (TrainerOptions::topk_screen), and their mean candidates per row.
+  int64_t topk_screened_steps = 0;
+  double topk_screen_candidates_per_row = 0;
   QualityMetrics train_metrics;  // on up to 10,000 training rows
   std::optional<QualityMetrics> validation_metrics;
   // When corruption is on and there is a validation split: PSNR of the

@@ -4,6 +4,7 @@
 #include <random>
 #include <vector>
 
+#include "core/topk_screen.h"
 #include "gtest/gtest.h"
 
 namespace sae {
@@ -42,6 +43,37 @@ TEST(TrainerTest, SameSeedGivesBitwiseIdenticalWeights) {
   auto other = Train(c, o, x);
   ASSERT_TRUE(other.ok());
   EXPECT_NE(other->model->weights().w_enc, a->model->weights().w_enc);
+}
+
+// TopK at a shape where the bfloat16 screen selects the units (on CPUs with
+// AVX512_BF16): runs are still bitwise reproducible, and they train as runs
+// through the full product do (the same selections, values within float
+// rounding, so the two runs stay close).
+TEST(TrainerTest, TopKThroughTheScreenIsReproducibleAndTrainsAsWithout) {
+  const RowMatrix x = Data(1024, 64, 5);
+  ModelConfig c = DefaultConfig(64, 512, Activation::kTopK);
+  c.k = 8;
+  TrainerOptions o = SmallRun();
+  o.batch_size = 128;
+  ASSERT_TRUE(TopKScreen::Pays(o.batch_size, c.d_in, c.d_hidden, c.k));
+  auto a = Train(c, o, x);
+  auto b = Train(c, o, x);
+  ASSERT_TRUE(a.ok() && b.ok());
+  if (TopKScreen::Supported()) {
+    EXPECT_EQ(a->topk_screened_steps, a->steps);
+    EXPECT_GE(a->topk_screen_candidates_per_row, c.k);
+  } else {
+    EXPECT_EQ(a->topk_screened_steps, 0);
+  }
+  EXPECT_EQ(a->model->weights().w_enc, b->model->weights().w_enc);
+  EXPECT_EQ(a->model->weights().w_dec, b->model->weights().w_dec);
+  o.topk_screen = false;
+  auto full = Train(c, o, x);
+  ASSERT_TRUE(full.ok());
+  EXPECT_EQ(full->topk_screened_steps, 0);
+  EXPECT_NEAR(a->train_metrics.fvu, full->train_metrics.fvu, 0.01 * full->train_metrics.fvu);
+  const double drift = (a->model->weights().w_enc - full->model->weights().w_enc).cwiseAbs().maxCoeff();
+  EXPECT_LT(drift, 1e-2) << "runs through the screen and through the full product diverged";
 }
 
 TEST(TrainerTest, TrainingReducesTheLossAndReportsProgress) {

@@ -1,0 +1,197 @@
+#include "core/topk_screen.h"
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "core/activations.h"
+#include "core/parallel.h"
+#include "gtest/gtest.h"
+
+namespace sae {
+namespace {
+
+RowMatrix Normal(int64_t rows, int64_t cols, uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  RowMatrix m(rows, cols);
+  for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = d(rng);
+  return m;
+}
+
+// The selection the screen promises: SelectTopK over every pre-activation
+// computed as the screen computes its candidates (DotProduct plus the
+// bias), so the two must agree bit for bit.
+struct Selection {
+  std::vector<int32_t> indices;
+  std::vector<float> values;
+};
+Selection Reference(const RowMatrix& x_matrix, const RowMatrix& w_matrix, const Vector& bias,
+                    int64_t k) {
+  const RowMatrix& x = x_matrix;
+  const RowMatrix& w = w_matrix;
+  RowMatrix pre(x.rows(), w.rows());
+  for (Eigen::Index b = 0; b < x.rows(); ++b) {
+    for (Eigen::Index j = 0; j < w.rows(); ++j) {
+      pre(b, j) = topk_screen_internal::DotProduct(x.row(b).data(), w.row(j).data(), x.cols()) +
+                  bias[j];
+    }
+  }
+  Selection s{std::vector<int32_t>(x.rows() * k), std::vector<float>(x.rows() * k)};
+  SelectTopK(pre, k, s.indices.data(), s.values.data());
+  return s;
+}
+
+Selection Screened(TopKScreen& screen, const RowMatrix& x, const RowMatrix& w, const Vector& bias,
+                   int64_t k) {
+  Selection s{std::vector<int32_t>(x.rows() * k, -1), std::vector<float>(x.rows() * k, -1.0f)};
+  EXPECT_TRUE(screen.Select(x, w, bias.data(), k, s.indices.data(), s.values.data()));
+  return s;
+}
+
+void ExpectSame(const Selection& got, const Selection& want) {
+  ASSERT_EQ(got.indices.size(), want.indices.size());
+  int64_t differ = 0;
+  for (size_t i = 0; i < got.indices.size(); ++i) {
+    if (got.indices[i] != want.indices[i] || got.values[i] != want.values[i]) ++differ;
+  }
+  EXPECT_EQ(differ, 0) << "of " << got.indices.size() << " selected entries";
+}
+
+class TopKScreenTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!TopKScreen::Supported()) GTEST_SKIP() << "this CPU has no AVX512_BF16";
+  }
+  TopKScreen screen_;
+};
+
+// The shape of the benchmark's training step, on both threads and on one:
+// the same selection as the full product, and a screen that screens.
+TEST_F(TopKScreenTest, MatchesTheFullSelectionAtTheTrainingShape) {
+  const RowMatrix x = Normal(256, 784, 1);
+  const RowMatrix w = Normal(4096, 784, 2, 1.0f / 28);
+  const Vector bias = Normal(4096, 1, 3, 0.1f);
+  const Selection want = Reference(x, w, bias, 32);
+  ExpectSame(Screened(screen_, x, w, bias, 32), want);
+  const double candidates = screen_.candidates_per_row();
+  EXPECT_GE(candidates, 32.0);
+  EXPECT_LT(candidates, 4096.0 / 8) << "the bound screens out too little";
+  {
+    ScopedSerial one_thread;
+    ExpectSame(Screened(screen_, x, w, bias, 32), want);
+  }
+}
+
+// Odd widths, a last panel of units and a last tile of rows only partly
+// filled, k from 1 to every unit.
+TEST_F(TopKScreenTest, MatchesAtRaggedShapesAndEveryK) {
+  struct Shape {
+    int64_t rows, d_in, d_hidden;
+  };
+  for (const Shape& sh : {Shape{13, 33, 300}, Shape{1, 64, 32}, Shape{25, 7, 70}, Shape{12, 2, 1}}) {
+    const RowMatrix x = Normal(sh.rows, sh.d_in, sh.rows);
+    const RowMatrix w = Normal(sh.d_hidden, sh.d_in, sh.d_in);
+    const Vector bias = Normal(sh.d_hidden, 1, sh.d_hidden, 0.5f);
+    for (int64_t k : {int64_t{1}, std::max<int64_t>(1, sh.d_hidden / 8), sh.d_hidden}) {
+      SCOPED_TRACE(testing::Message() << sh.rows << " x " << sh.d_in << " -> " << sh.d_hidden
+                                      << ", k " << k);
+      ExpectSame(Screened(screen_, x, w, bias, k), Reference(x, w, bias, k));
+    }
+  }
+}
+
+// Exact ties (units with the same weights and bias) go to the lower index;
+// rows of zeros, subnormal values and negative pre-activations (written as
+// 0) are selected as the full product selects them.
+TEST_F(TopKScreenTest, TiesZerosSubnormalsAndNegativesAsTheFullSelection) {
+  RowMatrix x = Normal(40, 96, 7);
+  RowMatrix w = Normal(512, 96, 8, 0.1f);
+  Vector bias = Normal(512, 1, 9, 0.05f);
+  for (int64_t j : {17, 100, 101, 300, 511}) {
+    w.row(j) = w.row(5);
+    bias[j] = bias[5];
+  }
+  x.row(3).setZero();
+  x.row(4).setConstant(1e-40f);  // subnormal
+  x(5, 0) = std::numeric_limits<float>::denorm_min();
+  w.row(7).setConstant(1e-39f);
+  bias.tail(100).array() -= 10.0f;  // units that are negative for every row
+  for (int64_t k : {1, 8, 64, 500}) {
+    SCOPED_TRACE(testing::Message() << "k " << k);
+    ExpectSame(Screened(screen_, x, w, bias, k), Reference(x, w, bias, k));
+  }
+}
+
+// Structured data (a few strong directions, as real activations have) at
+// several scales, small and large.
+TEST_F(TopKScreenTest, MatchesOnStructuredDataAtManyScales) {
+  const RowMatrix basis = Normal(8, 200, 11);
+  for (float scale : {1e-12f, 1e-3f, 1.0f, 1e6f, 1e12f}) {
+    SCOPED_TRACE(testing::Message() << "scale " << scale);
+    const RowMatrix x = (Normal(64, 8, 12) * basis + 0.01f * Normal(64, 200, 13)) * scale;
+    const RowMatrix w = Normal(1024, 8, 14) * basis / 40.0f + 0.001f * Normal(1024, 200, 15);
+    const Vector bias = Normal(1024, 1, 16, 0.01f * scale);
+    ExpectSame(Screened(screen_, x, w, bias, 16), Reference(x, w, bias, 16));
+  }
+}
+
+// What the screen cannot bound it leaves to the caller, writing nothing.
+TEST_F(TopKScreenTest, RefusesValuesItCannotBound) {
+  const RowMatrix x = Normal(20, 64, 21);
+  const RowMatrix w = Normal(256, 64, 22);
+  const Vector bias = Vector::Zero(256);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  for (float bad : {nan, inf, -inf, 1e16f}) {
+    SCOPED_TRACE(testing::Message() << "value " << bad);
+    std::vector<int32_t> idx(20 * 8, -7);
+    std::vector<float> val(20 * 8, -7.0f);
+    RowMatrix bad_x = x;
+    bad_x(19, 63) = bad;
+    EXPECT_FALSE(screen_.Select(bad_x, w, bias.data(), 8, idx.data(), val.data()));
+    RowMatrix bad_w = w;
+    bad_w(200, 0) = bad;
+    EXPECT_FALSE(screen_.Select(x, bad_w, bias.data(), 8, idx.data(), val.data()));
+    Vector bad_bias = bias;
+    bad_bias[3] = bad;
+    EXPECT_FALSE(screen_.Select(x, w, bad_bias.data(), 8, idx.data(), val.data()));
+    EXPECT_EQ(idx, std::vector<int32_t>(20 * 8, -7));
+    EXPECT_EQ(val, std::vector<float>(20 * 8, -7.0f));
+  }
+}
+
+// When values bunch so that most units stay candidates, the screen costs
+// more than the full product: ShouldSelect then says no for kRetryAfter
+// calls, and tries again after.
+TEST_F(TopKScreenTest, ShouldSelectBacksOffWhenTheScreenScreensTooLittle) {
+  const int64_t rows = 64, d_in = 128, d_h = 1024, k = 16;
+  ASSERT_TRUE(TopKScreen::Pays(rows, d_in, d_h, k));
+  const RowMatrix x = Normal(rows, d_in, 41);
+  RowMatrix w(d_h, d_in);
+  w.rowwise() = Normal(1, d_in, 42).row(0);  // every unit the same: all tie
+  const Vector bias = Vector::Zero(d_h);
+  EXPECT_TRUE(screen_.ShouldSelect(rows, d_in, d_h, k));
+  ExpectSame(Screened(screen_, x, w, bias, k), Reference(x, w, bias, k));
+  EXPECT_EQ(screen_.candidates_per_row(), d_h);
+  for (int i = 0; i < TopKScreen::kRetryAfter; ++i) {
+    EXPECT_FALSE(screen_.ShouldSelect(rows, d_in, d_h, k)) << "call " << i;
+  }
+  EXPECT_TRUE(screen_.ShouldSelect(rows, d_in, d_h, k));
+  // A selection that screens well keeps it on.
+  const RowMatrix spread = Normal(d_h, d_in, 43);
+  ExpectSame(Screened(screen_, x, spread, bias, k), Reference(x, spread, bias, k));
+  EXPECT_LT(screen_.candidates_per_row(), d_h / 16);
+  EXPECT_TRUE(screen_.ShouldSelect(rows, d_in, d_h, k));
+  EXPECT_FALSE(screen_.ShouldSelect(rows, 16, 64, 4)) << "too small to pay";
+}
+
+TEST(TopKScreenPaysTest, OnlyLargeProductsWithSmallK) {
+  EXPECT_TRUE(TopKScreen::Pays(256, 784, 4096, 32));
+  EXPECT_FALSE(TopKScreen::Pays(256, 784, 4096, 1024));  // k too close to d_hidden
+  EXPECT_FALSE(TopKScreen::Pays(4, 16, 64, 4));          // too small to pay
+}
+
+}  // namespace
+}  // namespace sae
