@@ -5,6 +5,7 @@ SAE_SANITIZER_TESTS=(
   activations_test blas_test packed_gemm_test corruption_test dataset_io_test model_io_test model_store_test
   parallel_test
   model_test objective_test optimizer_test safetensors_test store_watcher_test trainer_test
+  topk_screen_test
   auth_test bad_input_test batcher_test batching_rpc_test compute_pool_test crash_recovery_test
   load_faults_test
   metrics_test model_registry_test
