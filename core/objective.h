@@ -64,10 +64,11 @@ struct ObjectiveWorkspace {
   // ComputeLossWithUnitSink (TopK): per chunk, one unit's two gradient rows.
   std::vector<std::vector<float>> unit_rows;
   // TopK: the selection through a bfloat16 screen (core/topk_screen.h),
-  // where the CPU has it and the product is large enough to pay. The
-  // selection is the same; the selected values are float32 dot products
-  // instead of sgemm's (they differ by float rounding). False: always the
-  // full float32 product (for tests and benchmarks that compare the two).
+  // where the CPU has it and the product is large enough to pay. It is the
+  // exact TopK of float32 dot products, which differ from sgemm's by float
+  // rounding (so units that tie within it may be chosen differently).
+  // False: always the full sgemm product (for tests and benchmarks that
+  // compare the two).
   bool use_topk_screen = true;
   TopKScreen topk_screen;
   bool topk_screened = false;  // whether the last TopK loss selected through it

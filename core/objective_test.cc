@@ -171,8 +171,9 @@ TEST(ObjectiveTest, TopKReconstructionMatchesTheModel) {
 }
 
 // Where the CPU has AVX512_BF16, a TopK loss large enough for the bfloat16
-// screen selects the same units as the full float32 product, and its loss
-// and gradient differ from that one's by float rounding only.
+// screen selects the units the full sgemm product selects (but where two
+// tie within float rounding), and its loss and gradient differ from that
+// one's by float rounding only.
 TEST(ObjectiveTest, TopKThroughTheScreenSelectsWhatTheFullProductSelects) {
   ModelConfig c = DefaultConfig(128, 1024, Activation::kTopK);
   c.k = 16;
@@ -185,17 +186,35 @@ TEST(ObjectiveTest, TopKThroughTheScreenSelectsWhatTheFullProductSelects) {
   Gradients g_full(c.d_in, c.d_hidden), g_screened(c.d_in, c.d_hidden);
   const LossTerms t_full = ComputeLoss(c, p, x, x, &full, &g_full);
   const LossTerms t_screened = ComputeLoss(c, p, x, x, &screened, &g_screened);
-  EXPECT_GE(screened.topk_screen.candidates_per_row(), c.k) << "the screen did not run";
-  EXPECT_EQ(screened.topk_indices, full.topk_indices);
-  for (size_t i = 0; i < full.topk_values.size(); ++i) {
-    ASSERT_NEAR(screened.topk_values[i], full.topk_values[i],
-                1e-5f * (1.0f + std::abs(full.topk_values[i])))
-        << "entry " << i;
+  EXPECT_TRUE(screened.topk_screened) << "the screen did not run";
+  // The same units, but where two tie within float rounding (the screen's
+  // values are summed in another order than sgemm's); full.pre holds
+  // sgemm's pre-activations.
+  int64_t near_ties = 0;
+  for (int64_t b = 0; b < 64; ++b) {
+    for (int64_t i = 0; i < c.k; ++i) {
+      const int64_t e = b * c.k + i;
+      if (screened.topk_indices[e] == full.topk_indices[e]) {
+        ASSERT_NEAR(screened.topk_values[e], full.topk_values[e],
+                    1e-5f * (1.0f + std::abs(full.topk_values[e])))
+            << "entry " << e;
+        continue;
+      }
+      const float kept = full.pre(b, screened.topk_indices[e]);
+      const float dropped = full.pre(b, full.topk_indices[e]);
+      EXPECT_NEAR(kept, dropped, 1e-5f * (1.0f + std::abs(dropped)))
+          << "row " << b << ": units " << screened.topk_indices[e] << " and "
+          << full.topk_indices[e] << " do not tie";
+      ++near_ties;
+    }
   }
+  EXPECT_LE(near_ties, 4);
   EXPECT_NEAR(t_screened.total, t_full.total, 1e-5 * t_full.total);
-  EXPECT_EQ(g_screened.unit_touched, g_full.unit_touched);
-  const Vector diff = g_screened.values.flat() - g_full.values.flat();
-  EXPECT_LT(diff.cwiseAbs().maxCoeff(), 1e-4 * g_full.values.flat().cwiseAbs().maxCoeff());
+  if (near_ties == 0) {  // otherwise the gradients differ in those units' rows
+    EXPECT_EQ(g_screened.unit_touched, g_full.unit_touched);
+    const Vector diff = g_screened.values.flat() - g_full.values.flat();
+    EXPECT_LT(diff.cwiseAbs().maxCoeff(), 1e-4 * g_full.values.flat().cwiseAbs().maxCoeff());
+  }
 }
 
 // A 2 -> 2 ReLU model small enough to compute by hand:

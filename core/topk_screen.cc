@@ -22,12 +22,16 @@ constexpr int64_t kDotGroup = 4;   // candidates of one unit computed together
 // Inputs beyond this magnitude are not screened: products stay below 1e30
 // and sums of up to 2^20 of them below float's range, so no bound overflows.
 constexpr float kMaxMagnitude = 1e15f;
+// Rows wider than this are not screened (gamma(n) below assumes n 2^-23
+// well below 1, and the overflow argument above 2^20 terms).
+constexpr int64_t kMaxWidth = int64_t{1} << 20;
 // The part of the bound proportional to |a|: covers the rounding of the
 // bias addition and of a -/+ e.
 constexpr float kRelative = 0x1p-20f;
 
-// The bound on |a - true value| for a unit (see Select), in float32, the
-// same operations in the same order as Gather's vector form.
+// The bound e on |a - v| for a unit (see Approximate), in float32, as
+// Gather's vector form computes it (any rounding of it is absorbed by the
+// margins the factors carry).
 inline float Bound(float a, float alpha, float tilde, float beta, float err, float slack) {
   float e = alpha * tilde;
   e = e + beta * err;
@@ -171,7 +175,7 @@ SAE_BF16_TARGET int64_t Gather(const float* a, const float* tilde, const float* 
     const __mmask16 valid =
         n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
     const __m512 v = _mm512_maskz_loadu_ps(valid, a + i);
-    // The same operations, in the same order, as Bound().
+    // As Bound() computes it.
     __m512 e = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(valid, tilde + i));
     e = _mm512_add_ps(e, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(valid, err + i)));
     e = _mm512_add_ps(e, _mm512_mul_ps(rel, _mm512_abs_ps(v)));
@@ -235,12 +239,6 @@ struct Candidate {
   int32_t unit;
 };
 
-// One row chunk's scratch.
-struct ChunkScratch {
-  std::vector<int32_t> found;  // Gather's output for one row
-  std::vector<Candidate> pool;
-};
-
 #if defined(__x86_64__)
 // For units [j0, j1): *out[e] = DotProduct(x_row(e), w_j) + bias[j] for
 // each entry e of unit j (unit_start[j] <= e < unit_start[j + 1], row
@@ -284,7 +282,7 @@ struct TopKScreen::Scratch {
   std::vector<int64_t> unit_start;               // the candidates grouped by unit:
   std::vector<int32_t> entry_row;                //   their rows
   std::vector<float*> entry_out;                 //   and their places in `exact`
-  std::vector<ChunkScratch> chunks;
+  float slack = 0;                               // the bound's constant term
 };
 
 TopKScreen::TopKScreen() : scratch_(std::make_unique<Scratch>()) {}
@@ -315,15 +313,13 @@ bool TopKScreen::ShouldSelect(int64_t rows, int64_t d_in, int64_t d_hidden, int6
   return true;
 }
 
-bool TopKScreen::Select(ConstMatrixRef x, ConstMatrixRef w, const float* bias, int64_t k,
-                        int32_t* indices, float* values) {
+bool TopKScreen::Approximate(ConstMatrixRef x, ConstMatrixRef w, const float* bias) {
 #if !defined(__x86_64__)
   return false;
 #else
-  if (!Supported()) return false;
+  if (!Supported() || x.cols() != w.cols() || x.cols() > kMaxWidth) return false;
   Scratch& s = *scratch_;
   const int64_t rows = x.rows(), d_in = x.cols(), d_h = w.rows();
-  if (rows == 0) return true;
   const int64_t pairs = (d_in + 1) / 2;
   const int64_t row_panels = (rows + kPanel - 1) / kPanel;
 
@@ -413,15 +409,45 @@ bool TopKScreen::Select(ConstMatrixRef x, ConstMatrixRef w, const float* bias, i
     s.unit_err[j] = Inflate(s.w_norms[j].err_norm);
   }
 
+  s.slack = slack;
+  return true;
+#endif
+}
+
+bool TopKScreen::IntervalsForTesting(ConstMatrixRef x, ConstMatrixRef w, const float* bias,
+                                     RowMatrix* approx, RowMatrix* bound) {
+  if (!Approximate(x, w, bias)) return false;
+  const Scratch& s = *scratch_;
+  *approx = s.approx;
+  bound->resize(approx->rows(), approx->cols());
+  for (Eigen::Index b = 0; b < approx->rows(); ++b) {
+    for (Eigen::Index j = 0; j < approx->cols(); ++j) {
+      (*bound)(b, j) = Bound((*approx)(b, j), s.row_err[b], s.unit_tilde[j], s.row_scale[b],
+                             s.unit_err[j], s.slack);
+    }
+  }
+  return true;
+}
+
+bool TopKScreen::Select(ConstMatrixRef x, ConstMatrixRef w, const float* bias, int64_t k,
+                        int32_t* indices, float* values) {
+#if !defined(__x86_64__)
+  return false;
+#else
+  if (x.rows() == 0) return Supported();
+  if (!Approximate(x, w, bias)) return false;
+  Scratch& s = *scratch_;
+  const int64_t rows = x.rows(), d_h = w.rows();
+  const float slack = s.slack;
+
   // Per row: the k units S of largest a; T, the least lower end a - e
   // among them, which the top k provably reach; and the candidates, units
   // whose upper end a + e reaches T (S among them).
-  s.chunks.resize(static_cast<size_t>(Parallelism()));
   s.candidates.resize(static_cast<size_t>(rows));
-  ParallelFor(rows, 16, [&](int chunk, int64_t r0, int64_t r1) {
-    ChunkScratch& c = s.chunks[chunk];
+  ParallelFor(rows, 16, [&](int, int64_t r0, int64_t r1) {
     SelectTopK(s.approx.middleRows(r0, r1 - r0), k, indices + r0 * k, values + r0 * k);
-    c.found.resize(static_cast<size_t>(d_h + 16));
+    thread_local std::vector<int32_t> found;
+    found.resize(static_cast<size_t>(d_h + 16));  // room for Gather's last store
     for (int64_t b = r0; b < r1; ++b) {
       const float* a = s.approx.row(b).data();
       const float alpha = s.row_err[b], beta = s.row_scale[b];
@@ -432,8 +458,8 @@ bool TopKScreen::Select(ConstMatrixRef x, ConstMatrixRef w, const float* bias, i
             threshold, a[j] - Bound(a[j], alpha, s.unit_tilde[j], beta, s.unit_err[j], slack));
       }
       const int64_t count = Gather(a, s.unit_tilde.data(), s.unit_err.data(), alpha, beta, slack,
-                                   d_h, threshold, c.found.data());
-      s.candidates[b].assign(c.found.begin(), c.found.begin() + count);
+                                   d_h, threshold, found.data());
+      s.candidates[b].assign(found.begin(), found.begin() + count);
     }
   });
 
@@ -466,8 +492,8 @@ bool TopKScreen::Select(ConstMatrixRef x, ConstMatrixRef w, const float* bias, i
   });
 
   // Per row, the top k of the candidates, by value, then by the lower index.
-  ParallelFor(rows, 16, [&](int chunk, int64_t r0, int64_t r1) {
-    std::vector<Candidate>& pool = s.chunks[chunk].pool;
+  ParallelFor(rows, 16, [&](int, int64_t r0, int64_t r1) {
+    thread_local std::vector<Candidate> pool;
     for (int64_t b = r0; b < r1; ++b) {
       const std::vector<int32_t>& cand = s.candidates[b];
       pool.clear();
@@ -480,7 +506,7 @@ bool TopKScreen::Select(ConstMatrixRef x, ConstMatrixRef w, const float* bias, i
                 [](const Candidate& p, const Candidate& q) { return p.unit < q.unit; });
       for (int64_t i = 0; i < k; ++i) {
         indices[b * k + i] = pool[i].unit;
-        values[b * k + i] = std::max(pool[i].value, 0.0f);
+        values[b * k + i] = std::max(0.0f, pool[i].value);  // +0 for -0, as SelectTopK
       }
     }
   });

@@ -1,26 +1,29 @@
-// Exact TopK selection of the pre-activations x w_j + b_j through a
+// Exact TopK selection of the pre-activations x_b . w_j + b_j through a
 // bfloat16 screen, for training TopK autoencoders.
 //
 // A TopK step keeps the k largest of d_hidden pre-activations per row, but
 // finding them takes the whole encoder product, the largest part of the
 // step (about half of a 784 -> 4096, batch 256 step on the development
 // machine). CPUs with AVX512_BF16 multiply bfloat16 pairs at twice the
-// float32 rate. Rounding x and W to bfloat16 (x~, w~) moves each product by
-// at most, per row b and unit j (Cauchy-Schwarz on the rounding errors, plus
-// the float32 sum's own rounding over d_in terms):
+// float32 rate. Let v_bj be the float32 value (DotProduct below, plus the
+// bias) and a_bj the same product with x and W rounded to bfloat16 (x~,
+// w~). Then |a_bj - v_bj| <= e_bj, with (Cauchy-Schwarz on the rounding
+// errors, the triangle inequality for ||w~||)
 //
-//   e_bj = ||x_b - x~_b|| ||w~_j|| + ||x_b|| ||w_j - w~_j||
-//        + gamma(d_in) ||x~_b|| ||w~_j|| + (margins for float rounding)
+//   e_bj = ||x_b - x~_b|| (||w_j|| + ||w_j - w~_j||) + ||x_b|| ||w_j - w~_j||
+//        + gamma(n) terms for the float32 sums of both products
+//        + margins for the bias addition and flushed subnormals.
 //
-// So with a_bj the bfloat16 value, the true value lies in [a - e, a + e].
-// The k units of largest a - e reach, at worst, T_b = the least of their
-// a - e; a unit whose a + e is below T_b cannot be in the top k. The units
-// that remain (the candidates: a few dozen beyond k for typical data) are
-// computed again in float32, and the top k is chosen among them. The
-// result is the TopK of the float32 pre-activations, not an approximation:
-// the screen only decides which values are worth computing in full. Values
-// are float32 dot products, so they differ from an sgemm's by float
-// rounding (different summation order), as two sgemm thread counts do.
+// Any k units reach, at worst, T_b = the least of their a - e, so the k
+// largest v are at least T_b; a unit whose a + e is below T_b cannot be
+// among them. Taking the k units of largest a, the units that remain (the
+// candidates: a few dozen beyond k for typical data) are computed in
+// float32 and the top k is chosen among them. The result is the TopK of the
+// values v, not an approximation: the screen only decides which values are
+// worth computing. Those values are DotProduct's sums, not sgemm's: they
+// differ from sgemm's by float rounding, so where two units tie within that
+// rounding the screen and a selection over sgemm's values may keep
+// different ones.
 #ifndef SAE_CORE_TOPK_SCREEN_H_
 #define SAE_CORE_TOPK_SCREEN_H_
 
@@ -63,9 +66,10 @@ class TopKScreen {
   // 1 <= k <= d_hidden.
   //
   // Returns false, having written nothing, when the screen does not run:
-  // the CPU lacks AVX512_BF16, or an input value is not finite or exceeds
-  // 1e15 in magnitude (where the bound could overflow). The caller then
-  // computes the product in full. Deterministic: the result does not
+  // the CPU lacks AVX512_BF16, the rows are wider than 2^20 values, or an
+  // input value is not finite or exceeds 1e15 in magnitude (where the
+  // bound could overflow). The caller then computes the product in full.
+  // With no rows, returns Supported() and reads nothing. Deterministic: the result does not
   // depend on the thread count. Uses ParallelFor's threads; not
   // thread-safe (the scratch space is reused from call to call).
   bool Select(ConstMatrixRef x, ConstMatrixRef w, const float* bias, int64_t k,
@@ -75,7 +79,17 @@ class TopKScreen {
   // k at best, d_hidden at worst. How much the screen screens.
   double candidates_per_row() const { return candidates_per_row_; }
 
+  // For tests of the bound: every a_bj (bfloat16 product plus bias) and
+  // e_bj, as Select computes them, [rows, d_hidden] each (false when the
+  // screen would not run).
+  bool IntervalsForTesting(ConstMatrixRef x, ConstMatrixRef w, const float* bias,
+                           RowMatrix* approx, RowMatrix* bound);
+
  private:
+  // The bfloat16 products plus the bias, and the bound's factors, into the
+  // scratch space; false when the screen cannot run on these inputs.
+  bool Approximate(ConstMatrixRef x, ConstMatrixRef w, const float* bias);
+
   struct Scratch;
   std::unique_ptr<Scratch> scratch_;
   double candidates_per_row_ = 0;
@@ -85,6 +99,7 @@ class TopKScreen {
 namespace topk_screen_internal {
 // The float32 dot product of n values that Select computes its candidates'
 // values with (for tests, which compare the selection with a full one).
+// Only where TopKScreen::Supported() (it runs AVX-512 instructions).
 float DotProduct(const float* a, const float* b, int64_t n);
 }  // namespace topk_screen_internal
 

@@ -1,6 +1,7 @@
 #include "core/topk_screen.h"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -54,7 +55,11 @@ void ExpectSame(const Selection& got, const Selection& want) {
   ASSERT_EQ(got.indices.size(), want.indices.size());
   int64_t differ = 0;
   for (size_t i = 0; i < got.indices.size(); ++i) {
-    if (got.indices[i] != want.indices[i] || got.values[i] != want.values[i]) ++differ;
+    // Values compared as bits: +0 and -0 differ.
+    if (got.indices[i] != want.indices[i] ||
+        std::memcmp(&got.values[i], &want.values[i], sizeof(float)) != 0) {
+      ++differ;
+    }
   }
   EXPECT_EQ(differ, 0) << "of " << got.indices.size() << " selected entries";
 }
@@ -134,6 +139,109 @@ TEST_F(TopKScreenTest, MatchesOnStructuredDataAtManyScales) {
     const RowMatrix w = Normal(1024, 8, 14) * basis / 40.0f + 0.001f * Normal(1024, 200, 15);
     const Vector bias = Normal(1024, 1, 16, 0.01f * scale);
     ExpectSame(Screened(screen_, x, w, bias, 16), Reference(x, w, bias, 16));
+  }
+}
+
+// |a - v| <= e for every row and unit, v the float32 value and a the
+// bfloat16 one, on data whose rounding errors all point the same way
+// (every value just below or just above half a bfloat16 step from 1, so
+// each rounds the same way): there Cauchy-Schwarz is nearly tight, and
+// the test fails for a bound even 5% too small (the tightest is 0.97).
+TEST_F(TopKScreenTest, TheBoundHoldsWhereRoundingErrorsAllPointOneWay) {
+  constexpr float kStep = 0x1p-7f;  // a bfloat16 step at 1
+  const int64_t d_in = 784;
+  RowMatrix x(6, d_in), w(8, d_in);
+  const float below = 1 + 0.499f * kStep, above = 1 + 0.501f * kStep;
+  x.row(0).setConstant(below);   // rounds down
+  x.row(1).setConstant(above);   // rounds up
+  x.row(2).setConstant(-below);
+  x.row(3).setConstant(below * 1e12f);
+  x.row(4).setConstant(1e-20f);  // products in the subnormal range
+  x.row(5) = Normal(1, d_in, 51).row(0);
+  w.row(0).setConstant(below);
+  w.row(1).setConstant(above);
+  w.row(2).setConstant(-above);
+  w.row(3).setConstant(1e-20f);
+  w.row(4) = Normal(1, d_in, 52).row(0);
+  w.row(5).setConstant(1.0f);   // exact in bfloat16
+  w.row(6).setConstant(below * 1e3f);
+  w.row(7).setZero();
+  const Vector bias = (Vector(8) << 0, 0.5f, -3, 0, 1e-3f, 9e14f, 0, -2).finished();
+  RowMatrix approx, bound;
+  ASSERT_TRUE(screen_.IntervalsForTesting(x, w, bias.data(), &approx, &bound));
+  double tightest = 0;
+  for (Eigen::Index b = 0; b < x.rows(); ++b) {
+    for (Eigen::Index j = 0; j < w.rows(); ++j) {
+      const float v =
+          topk_screen_internal::DotProduct(x.row(b).data(), w.row(j).data(), d_in) + bias[j];
+      const double off = std::abs(static_cast<double>(approx(b, j)) - v);
+      EXPECT_LE(off, bound(b, j)) << "row " << b << ", unit " << j << ": a " << approx(b, j)
+                                  << ", v " << v;
+      tightest = std::max(tightest, off / bound(b, j));
+    }
+  }
+  EXPECT_GT(tightest, 0.95) << "the data no longer tests the bound near its edge";
+}
+
+// Where the bfloat16 values rank two units the wrong way round, the screen
+// still keeps the one whose float32 value is larger: unit 0 rounds up (a
+// 790.1, v 787.07), unit 1 down (a 784.1, v 787.16 with its bias).
+TEST_F(TopKScreenTest, KeepsTheUnitTheFloat32ValuesRankFirst) {
+  constexpr float kStep = 0x1p-7f;
+  RowMatrix x = RowMatrix::Ones(1, 784);
+  RowMatrix w(64, 784);
+  w.setZero();
+  w.row(0).setConstant(1 + 0.501f * kStep);
+  w.row(1).setConstant(1 + 0.499f * kStep);
+  Vector bias = Vector::Zero(64);
+  bias[1] = 0.1f;
+  RowMatrix approx, bound;
+  ASSERT_TRUE(screen_.IntervalsForTesting(x, w, bias.data(), &approx, &bound));
+  ASSERT_GT(approx(0, 0), approx(0, 1) + 5) << "the bfloat16 values should favour unit 0";
+  const Selection got = Screened(screen_, x, w, bias, 1);
+  EXPECT_EQ(got.indices[0], 1);
+  EXPECT_NEAR(got.values[0], 784 * (1 + 0.499f * kStep) + 0.1f, 1e-2);
+  ExpectSame(got, Reference(x, w, bias, 1));
+}
+
+// Exact ties whose bounds differ (units that differ only where x is zero),
+// a width of one, biases near the limit, and no rows.
+TEST_F(TopKScreenTest, TiesWithUnequalBoundsAndOtherEdges) {
+  RowMatrix x = Normal(30, 64, 61);
+  x.leftCols(10).setZero();
+  RowMatrix w = Normal(300, 64, 62);
+  for (int64_t j : {3, 40, 41, 299}) {
+    w.row(j).rightCols(54) = w.row(20).rightCols(54);
+    w.row(j).leftCols(10).setConstant(static_cast<float>(j));  // larger norms, larger bounds
+  }
+  Vector bias = Normal(300, 1, 63, 0.1f);
+  for (int64_t j : {3, 40, 41, 299}) bias[j] = bias[20];
+  for (int64_t k : {1, 5, 40}) {
+    SCOPED_TRACE(testing::Message() << "k " << k);
+    ExpectSame(Screened(screen_, x, w, bias, k), Reference(x, w, bias, k));
+  }
+  const RowMatrix narrow = Normal(20, 1, 64);
+  const RowMatrix narrow_w = Normal(50, 1, 65);
+  Vector big_bias = Normal(50, 1, 66, 1e14f);
+  big_bias[7] = 9.9e14f;
+  ExpectSame(Screened(screen_, narrow, narrow_w, big_bias, 3),
+             Reference(narrow, narrow_w, big_bias, 3));
+  const RowMatrix none(0, 64);
+  EXPECT_TRUE(screen_.Select(none, w, bias.data(), 5, nullptr, nullptr));
+}
+
+// The float32 dot product the values come from, against one in double, at
+// widths with and without a tail: within gamma(n) of the sum of |products|.
+TEST_F(TopKScreenTest, DotProductIsAFloat32DotProduct) {
+  for (int64_t n : {1, 2, 15, 17, 31, 33, 50, 784}) {
+    const RowMatrix a = Normal(1, n, 70 + n), b = Normal(1, n, 90 + n);
+    double exact = 0, magnitude = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      exact += static_cast<double>(a(0, i)) * b(0, i);
+      magnitude += std::abs(static_cast<double>(a(0, i)) * b(0, i));
+    }
+    const float got = topk_screen_internal::DotProduct(a.data(), b.data(), n);
+    EXPECT_LE(std::abs(got - exact), n * 0x1p-23 * magnitude) << "n " << n;
   }
 }
 

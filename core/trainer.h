@@ -41,12 +41,12 @@ struct TrainerOptions {
   // training rows. 0: one epoch's worth of rows.
   int64_t dead_window_rows = 0;
   // TopK: select the active units through the bfloat16 screen
-  // (core/topk_screen.h) where the CPU has AVX512_BF16. The selection is
-  // the same as through the full float32 product; the active values
-  // differ by float rounding (another summation order), so a run is
-  // reproducible bit for bit on one machine, not across CPUs with and
-  // without the instructions. false: always the full product (for
-  // comparisons).
+  // (core/topk_screen.h) where the CPU has AVX512_BF16: the exact TopK of
+  // float32 pre-activations, summed in another order than sgemm's, so the
+  // values differ from the full product's by float rounding (and units
+  // that tie within it may be chosen differently). A run is reproducible
+  // bit for bit on one machine, not across CPUs with and without the
+  // instructions. false: always the full product (for comparisons).
   bool topk_screen = true;
 
   absl::Status Validate() const;

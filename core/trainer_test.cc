@@ -60,7 +60,8 @@ TEST(TrainerTest, TopKThroughTheScreenIsReproducibleAndTrainsAsWithout) {
   auto b = Train(c, o, x);
   ASSERT_TRUE(a.ok() && b.ok());
   if (TopKScreen::Supported()) {
-    EXPECT_EQ(a->topk_screened_steps, a->steps);
+    // Most steps (it backs off for a while when values bunch).
+    EXPECT_GT(a->topk_screened_steps, a->steps / 2);
     EXPECT_GE(a->topk_screen_candidates_per_row, c.k);
   } else {
     EXPECT_EQ(a->topk_screened_steps, 0);
