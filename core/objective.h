@@ -99,9 +99,9 @@ using UnitGradientSink =
 // must not be null). For TopK they are made one unit at a time and handed
 // over instead of stored: only grads' biases and unit_touched are written,
 // and its weight rows are stale (not for Optimizer::Step). The values are
-// bitwise those ComputeLoss stores (optimizer_test; this rests on the
-// build not contracting a * b + c into FMA, which ISO C++ mode, the
-// project's, does not do). Other activations get their gradients from
+// bitwise those ComputeLoss stores (optimizer_test): both come from the
+// same expressions, which GCC contracts into FMAs (its default for C++
+// even in ISO mode) the same way in both. Other activations get their gradients from
 // GEMMs: ComputeLoss fills `grads` and the rows are handed over afterwards.
 // When the loss is not finite the sink is not called and `grads` is stale.
 // `params` may change during the call, through the sink only.
