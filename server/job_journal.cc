@@ -69,7 +69,8 @@ std::string JobRecordToJson(const JobInfo& job) {
             {"request_id", job.request_id},
             {"metrics", metrics},
             {"step", job.progress.step},
-            {"total_steps", job.progress.total_steps}};
+            {"total_steps", job.progress.total_steps},
+            {"revision", job.revision}};
   return j.dump(2) + "\n";
 }
 
@@ -112,6 +113,12 @@ absl::StatusOr<JobInfo> JobRecordFromJson(const std::string& text) {
     const Json* value = field(name, Json::value_t::number_integer);
     if (value == nullptr) return bad(name);
     *out = value->get<int64_t>();
+  }
+  // Optional: records written before 2026-12-04 have none.
+  if (j.contains("revision")) {
+    const Json* revision = field("revision", Json::value_t::number_integer);
+    if (revision == nullptr || revision->get<int64_t>() < 0) return bad("revision");
+    job.revision = revision->get<int64_t>();
   }
   const Json* metrics = field("metrics", Json::value_t::object);
   if (metrics == nullptr) return bad("metrics");

@@ -148,23 +148,27 @@ void TrainingJobManager::Recover() {
   for (const std::string& p : problems) LogLine("job", "journal: skipped " + p);
   Lock lock(this);
   // How much a record is the one its request id names: final on disk, then
-  // found published, then recovered as interrupted. Two records share a
-  // request id when a Submit refused after writing its record (a retry with
-  // that id was queued first) leaves it behind: the process died, or the
-  // removal failed, before it went.
-  std::map<std::string, int> standing;
-  auto claim = [&](const JobInfo& info, int rank) {
+  // found published, then recovered as interrupted; then a record written
+  // again since its first (Submit rewrites an admitted job's before its
+  // caller hears of it); then the older. Two records share a request id
+  // when a Submit refused after writing its record (a retry with that id
+  // was admitted first) leaves it behind: the process died, or the removal
+  // failed, before it went.
+  std::map<std::string, std::pair<int, int64_t>> standing;  // rank, revision
+  auto claim = [&](const JobInfo& info, int rank, int64_t revision) {
     if (info.request_id.empty()) return;
     auto it = by_request_id_.find(info.request_id);
     if (it != by_request_id_.end()) {
-      const int held = standing[it->second];
+      const std::pair<int, int64_t> held = standing[it->second];
+      const std::pair<int, int64_t> mine{rank, std::min<int64_t>(revision, 1)};
       // Ids sort as numbers (nine digits): on a tie the older one stays.
-      if (rank < held || (rank == held && it->second < info.id)) return;
+      if (mine < held || (mine == held && it->second < info.id)) return;
     }
     by_request_id_[info.request_id] = info.id;
-    standing[info.id] = rank;
+    standing[info.id] = {rank, std::min<int64_t>(revision, 1)};
   };
   for (JobInfo& info : records) {
+    const int64_t revision_on_disk = info.revision;
     int64_t number = 0;
     if (std::sscanf(info.id.c_str(), "job-%" SCNd64, &number) == 1) {
       next_id_ = std::max(next_id_, number + 1);
@@ -205,7 +209,8 @@ void TrainingJobManager::Recover() {
     job->info = std::move(info);
     job->released = true;
     if (was_open) JournalLocked(*job);  // final records stay as they are
-    claim(job->info, !was_open ? 2 : job->info.state == JobState::kSucceeded ? 1 : 0);
+    claim(job->info, !was_open ? 2 : job->info.state == JobState::kSucceeded ? 1 : 0,
+          revision_on_disk);
     jobs_[job->info.id] = std::move(job);
   }
 }
@@ -303,7 +308,14 @@ absl::StatusOr<JobInfo> TrainingJobManager::Submit(JobSpec spec) {
     return **admission;
   }
   Job* raw = job.get();
-  if (!raw->info.request_id.empty()) by_request_id_[raw->info.request_id] = raw->info.id;
+  if (!raw->info.request_id.empty()) {
+    by_request_id_[raw->info.request_id] = raw->info.id;
+    // Recorded again, a revision up, before the caller hears of it: a
+    // refused Submit's leftover record (revision 0) then never outranks
+    // the admitted one after a crash (Recover).
+    ++raw->info.revision;
+    JournalLocked(*raw);
+  }
   jobs_[raw->info.id] = std::move(job);
   queue_.push_back(raw);
   if (on_state_) on_state_("queued", running_);

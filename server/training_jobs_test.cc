@@ -333,6 +333,7 @@ TEST(JobJournalTest, RecordsRoundTripAndBadOnesAreSkipped) {
   done.request_id = "retry-key";
   done.progress.step = 40;
   done.progress.total_steps = 40;
+  done.revision = 7;
   ASSERT_TRUE((*journal)->Write(done).ok());
   ASSERT_TRUE((*journal)->Write(Record("job-000001-0001", "a", JobState::kRunning)).ok());
   // A second server may not use the same folder.
@@ -362,6 +363,7 @@ TEST(JobJournalTest, RecordsRoundTripAndBadOnesAreSkipped) {
   EXPECT_EQ(back.metrics, (std::map<std::string, double>{{"fvu", 0.125}, {"mse", 0.5}}));
   EXPECT_EQ(back.request_id, "retry-key");
   EXPECT_EQ(back.created_at, done.created_at);
+  EXPECT_EQ(back.revision, 7);
   EXPECT_EQ(back.progress.step, 40);
   ASSERT_EQ(problems.size(), 4u);
   EXPECT_NE(problems[0].find("not a JSON object"), std::string::npos) << problems[0];
@@ -525,6 +527,62 @@ TEST(TrainingJobsTest, ALeftoverRecordOfARefusedRetryDoesNotTakeItsRequestId) {
   ASSERT_TRUE(retry.ok()) << retry.status();
   EXPECT_EQ(retry->id, first.id);
   EXPECT_EQ(retry->state, JobState::kSucceeded);
+  RemoveTree(root).IgnoreError();
+}
+
+// Two Submits with one request id raced and the process died with both
+// records queued on disk: the admitted one (written again, a revision up,
+// before its caller heard of it) keeps the request id, even with the
+// higher job number.
+TEST(TrainingJobsTest, AfterACrashTheAdmittedOfTwoRacingRetriesKeepsTheRequestId) {
+  const std::string root = sae::testing::FreshTestDir("jobs_race");
+  auto store = ModelStore::Open(root + "/models");
+  ASSERT_TRUE(store.ok());
+  JobSpec spec = LongJob("m");
+  spec.request_id = "raced";
+  {
+    std::unique_ptr<JobJournal> journal = *JobJournal::Open(root + "/jobs");
+    JobInfo refused, admitted;
+    refused.id = "job-000000001-0000abcd";  // numbered first, refused
+    admitted.id = "job-000000002-0000abcd";
+    for (JobInfo* info : {&refused, &admitted}) {
+      info->model_name = "m";
+      info->request_id = "raced";
+      info->state = JobState::kQueued;
+      info->created_at = "2026-12-04T00:00:00Z";
+    }
+    admitted.revision = 1;
+    ASSERT_TRUE(journal->Write(refused).ok());
+    ASSERT_TRUE(journal->Write(admitted).ok());
+  }
+  {
+    TrainingJobManager jobs(store->get(), JobManagerOptions{1, 4},
+                            *JobJournal::Open(root + "/jobs"));
+    absl::StatusOr<JobInfo> retry = jobs.Submit(spec);
+    ASSERT_TRUE(retry.ok()) << retry.status();
+    EXPECT_EQ(retry->id, "job-000000002-0000abcd");
+    EXPECT_EQ(retry->state, JobState::kInterrupted);
+  }
+  // And a live Submit with a request id leaves its record a revision up.
+  spec.request_id = "fresh";
+  std::string fresh_id;
+  {
+    TrainingJobManager jobs(store->get(), JobManagerOptions{1, 4},
+                            *JobJournal::Open(root + "/jobs"));
+    absl::StatusOr<JobInfo> job = jobs.Submit(spec);
+    ASSERT_TRUE(job.ok()) << job.status();
+    fresh_id = job->id;
+    EXPECT_GE(job->revision, 1);
+    jobs.Shutdown();
+  }
+  std::vector<std::string> problems;
+  bool found = false;
+  for (const JobInfo& info : (*JobJournal::Open(root + "/jobs"))->ReadAll(&problems)) {
+    if (info.id != fresh_id) continue;
+    found = true;
+    EXPECT_GE(info.revision, 1);
+  }
+  EXPECT_TRUE(found);
   RemoveTree(root).IgnoreError();
 }
 
