@@ -74,6 +74,12 @@ double NormBound(float sum_of_squares, int64_t n) {
 // GCC 12's maybe-uninitialized warnings about the plain ones' headers.)
 constexpr __mmask16 kAll = 0xFFFF;
 
+// The mask of the first `count` of 16 lanes (none for count <= 0).
+inline __mmask16 FirstLanes(int64_t count) {
+  if (count >= 16) return kAll;
+  return count <= 0 ? 0 : static_cast<__mmask16>((1u << count) - 1);
+}
+
 SAE_BF16_TARGET inline __m512 WordsToFloats(__m256i words) {
   return _mm512_castsi512_ps(
       _mm512_maskz_slli_epi32(kAll, _mm512_maskz_cvtepu16_epi32(kAll, words), 16));
@@ -100,10 +106,7 @@ SAE_BF16_TARGET RowNorms ConvertRow(const float* src, int64_t n, uint32_t* dst) 
   const int64_t pairs = (n + 1) / 2;
   for (int64_t i = 0; i < n; i += 32) {
     const int64_t left = n - i;
-    const __mmask16 m0 = left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
-    const __mmask16 m1 = left >= 32   ? 0xFFFF
-                         : left <= 16 ? 0
-                                      : static_cast<__mmask16>((1u << (left - 16)) - 1);
+    const __mmask16 m0 = FirstLanes(left), m1 = FirstLanes(left - 16);
     const __m512 a = _mm512_maskz_loadu_ps(m0, src + i);
     const __m512 b = _mm512_maskz_loadu_ps(m1, src + i + 16);
     unbounded |= m0 & ~_mm512_cmp_ps_mask(_mm512_abs_ps(a), limit, _CMP_LE_OQ);
@@ -115,8 +118,7 @@ SAE_BF16_TARGET RowNorms ConvertRow(const float* src, int64_t n, uint32_t* dst) 
     sq1 = _mm512_fmadd_ps(b, b, sq1);
     err0 = _mm512_fmadd_ps(da, da, err0);
     err1 = _mm512_fmadd_ps(db, db, err1);
-    const int64_t words = std::min<int64_t>(16, pairs - i / 2);
-    _mm512_mask_storeu_epi32(dst + i / 2, static_cast<__mmask16>((1u << words) - 1), h);
+    _mm512_mask_storeu_epi32(dst + i / 2, FirstLanes(pairs - i / 2), h);
   }
   const float sq = SumLanes(_mm512_add_ps(sq0, sq1));
   const float err = SumLanes(_mm512_add_ps(err0, err1));
@@ -172,8 +174,7 @@ SAE_BF16_TARGET int64_t Gather(const float* a, const float* tilde, const float* 
   const __m512i sixteen = _mm512_set1_epi32(16);
   int64_t count = 0;
   for (int64_t i = 0; i < n; i += 16, j = _mm512_add_epi32(j, sixteen)) {
-    const __mmask16 valid =
-        n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __mmask16 valid = FirstLanes(n - i);
     const __m512 v = _mm512_maskz_loadu_ps(valid, a + i);
     // As Bound() computes it.
     __m512 e = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(valid, tilde + i));
@@ -206,7 +207,7 @@ SAE_BF16_TARGET inline void Dots(const float* const* rows, const float* w, int64
     }
   }
   for (; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __mmask16 m = FirstLanes(n - i);
     const __m512 wv = _mm512_maskz_loadu_ps(m, w + i);
     for (int g = 0; g < G; ++g) {
       even[g] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, rows[g] + i), wv, even[g]);
