@@ -8,9 +8,10 @@
 # Debian's Abseil is not built with TSan, so absl::Mutex does not tell TSan
 # about its locks; server/testing/tsan_absl_mutex.cc adds the annotations
 # upstream Abseil compiles in under TSan, and is preloaded into every test.
-# One suppression (scripts/tsan_suppressions.txt): gRPC's callback-API
-# internals. The service's unary inference handlers run under those frames
-# too, so the file says what that leaves unchecked.
+# Two suppressions (scripts/tsan_suppressions.txt): races in gRPC's
+# callback-API internals, and thread leaks of threads gRPC starts itself. The
+# service's unary inference handlers run under the callback-API frames too, so
+# the file says what that leaves unchecked.
 # ignore_noninstrumented_modules makes TSan skip the libc calls (memcpy, ...)
 # that the uninstrumented gRPC, protobuf and Abseil libraries make: their
 # own synchronization (atomics, reference counts) is invisible to TSan, so
