@@ -329,8 +329,7 @@ bool TopKScreen::Approximate(ConstMatrixRef x, ConstMatrixRef w, const float* bi
   Reserve(s.x_panels, s.x_capacity, static_cast<size_t>(row_panels * kPanel * pairs));
   s.x_norms.resize(static_cast<size_t>(rows));
   ParallelFor(row_panels, 1, [&](int, int64_t p0, int64_t p1) {
-    thread_local std::vector<uint32_t> panel_rows;
-    panel_rows.resize(static_cast<size_t>(kPanel * pairs));
+    std::vector<uint32_t> panel_rows(static_cast<size_t>(kPanel * pairs));
     for (int64_t p = p0; p < p1; ++p) {
       for (int64_t r = 0; r < kPanel; ++r) {
         const int64_t b = p * kPanel + r;
@@ -362,8 +361,7 @@ bool TopKScreen::Approximate(ConstMatrixRef x, ConstMatrixRef w, const float* bi
   s.w_norms.resize(static_cast<size_t>(d_h));
   if (s.approx.rows() != rows || s.approx.cols() != d_h) s.approx.resize(rows, d_h);
   ParallelFor(unit_tiles, 1, [&](int, int64_t t0, int64_t t1) {
-    thread_local std::vector<uint32_t> tile_rows;
-    tile_rows.resize(static_cast<size_t>(kTileRows * pairs));
+    std::vector<uint32_t> tile_rows(static_cast<size_t>(kTileRows * pairs));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t j0 = t * kTileRows, units = std::min(kTileRows, d_h - j0);
       for (int64_t u = 0; u < kTileRows; ++u) {
@@ -435,10 +433,17 @@ bool TopKScreen::Select(ConstMatrixRef x, ConstMatrixRef w, const float* bias, i
 #if !defined(__x86_64__)
   return false;
 #else
-  if (x.rows() == 0) return Supported();
-  if (!Approximate(x, w, bias)) return false;
-  Scratch& s = *scratch_;
   const int64_t rows = x.rows(), d_h = w.rows();
+  if (k < 1 || k > d_h) return false;
+  if (rows == 0) return Supported();
+  if (!Approximate(x, w, bias)) {
+    // Inputs it cannot bound (weights beyond kMaxMagnitude stay so for
+    // many steps): ShouldSelect says no for a while rather than pay for
+    // the conversions again at every step.
+    skips_left_ = kRetryAfter;
+    return false;
+  }
+  Scratch& s = *scratch_;
   const float slack = s.slack;
 
   // Per row: the k units S of largest a; T, the least lower end a - e
@@ -447,8 +452,7 @@ bool TopKScreen::Select(ConstMatrixRef x, ConstMatrixRef w, const float* bias, i
   s.candidates.resize(static_cast<size_t>(rows));
   ParallelFor(rows, 16, [&](int, int64_t r0, int64_t r1) {
     SelectTopK(s.approx.middleRows(r0, r1 - r0), k, indices + r0 * k, values + r0 * k);
-    thread_local std::vector<int32_t> found;
-    found.resize(static_cast<size_t>(d_h + 16));  // room for Gather's last store
+    std::vector<int32_t> found(static_cast<size_t>(d_h + 16));  // room for Gather's last store
     for (int64_t b = r0; b < r1; ++b) {
       const float* a = s.approx.row(b).data();
       const float alpha = s.row_err[b], beta = s.row_scale[b];
@@ -494,7 +498,7 @@ bool TopKScreen::Select(ConstMatrixRef x, ConstMatrixRef w, const float* bias, i
 
   // Per row, the top k of the candidates, by value, then by the lower index.
   ParallelFor(rows, 16, [&](int, int64_t r0, int64_t r1) {
-    thread_local std::vector<Candidate> pool;
+    std::vector<Candidate> pool;
     for (int64_t b = r0; b < r1; ++b) {
       const std::vector<int32_t>& cand = s.candidates[b];
       pool.clear();

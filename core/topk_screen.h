@@ -53,8 +53,9 @@ class TopKScreen {
   // Select this time: Supported(), Pays(), and unless the last Select found
   // so many candidates (more than d_hidden / 16 a row: values bunched near
   // the k-th, as when a model memorises a few rows) that the full product
-  // would have been faster, in which case the next kRetryAfter calls say
-  // no. Deterministic: it depends only on the calls' inputs.
+  // would have been faster, or refused its inputs, in which case the next
+  // kRetryAfter calls say no. Deterministic: it depends only on the calls'
+  // inputs.
   bool ShouldSelect(int64_t rows, int64_t d_in, int64_t d_hidden, int64_t k);
   static constexpr int kRetryAfter = 16;
 
@@ -63,15 +64,20 @@ class TopKScreen {
   // written as SelectTopK writes them: indices in ascending order at
   // indices[b * k ...], max(0, value) at values[b * k ...], where a value is
   // topk_screen_internal::DotProduct(x_b, w_j) + bias[j] in float32.
-  // 1 <= k <= d_hidden.
   //
   // Returns false, having written nothing, when the screen does not run:
-  // the CPU lacks AVX512_BF16, the rows are wider than 2^20 values, or an
-  // input value is not finite or exceeds 1e15 in magnitude (where the
-  // bound could overflow). The caller then computes the product in full.
-  // With no rows, returns Supported() and reads nothing. Deterministic: the result does not
-  // depend on the thread count. Uses ParallelFor's threads; not
-  // thread-safe (the scratch space is reused from call to call).
+  // the CPU lacks AVX512_BF16, k is not in [1, d_hidden], the rows are
+  // wider than 2^20 values, or an input value is not finite or exceeds
+  // 1e15 in magnitude (where the bound could overflow). The caller then
+  // computes the product in full. With no rows, returns Supported() and
+  // reads nothing. Deterministic: the result does not depend on the thread
+  // count. Uses ParallelFor's threads; not thread-safe (the scratch space
+  // is reused from call to call).
+  //
+  // Memory: the scratch space keeps the bfloat16 products (4 bytes a row
+  // and unit, as the full product) and about 20 bytes a candidate; where
+  // values bunch so that every unit stays a candidate, that is six times
+  // the full product's. ShouldSelect then backs off.
   bool Select(ConstMatrixRef x, ConstMatrixRef w, const float* bias, int64_t k,
               int32_t* indices, float* values);
 

@@ -95,7 +95,9 @@ TEST_F(TopKScreenTest, MatchesAtRaggedShapesAndEveryK) {
   struct Shape {
     int64_t rows, d_in, d_hidden;
   };
-  for (const Shape& sh : {Shape{13, 33, 300}, Shape{1, 64, 32}, Shape{25, 7, 70}, Shape{12, 2, 1}}) {
+  // 49 values: a last block of 17 (a partly filled second half of 32).
+  for (const Shape& sh : {Shape{13, 33, 300}, Shape{9, 49, 200}, Shape{1, 64, 32}, Shape{25, 7, 70},
+                          Shape{12, 2, 1}}) {
     const RowMatrix x = Normal(sh.rows, sh.d_in, sh.rows);
     const RowMatrix w = Normal(sh.d_hidden, sh.d_in, sh.d_in);
     const Vector bias = Normal(sh.d_hidden, 1, sh.d_hidden, 0.5f);
@@ -183,6 +185,40 @@ TEST_F(TopKScreenTest, TheBoundHoldsWhereRoundingErrorsAllPointOneWay) {
   EXPECT_GT(tightest, 0.95) << "the data no longer tests the bound near its edge";
 }
 
+// Values exact in bfloat16 (powers of two, and 1, 1 + 2^-7, 1 + 2^-6), so
+// that the rounding of the inputs costs nothing and a - v comes only from
+// the float32 sums, in two orders: partial sums near 2^20 whose total
+// nearly cancels. The gamma(n) part of the bound must cover it alone.
+TEST_F(TopKScreenTest, TheBoundCoversTheFloat32SumsWhereBfloat16IsExact) {
+  const int64_t d_in = 784;
+  RowMatrix x(4, d_in), w(6, d_in);
+  for (int64_t i = 0; i < d_in; ++i) {
+    const float power = std::ldexp(1.0f, static_cast<int>(i % 16));
+    x(0, i) = i < d_in / 2 ? power : -power;
+    x(1, i) = i % 2 == 0 ? power : -power;
+    x(2, i) = (i / 7) % 2 == 0 ? power : -power;
+    x(3, i) = -x(0, i) * 0x1p-40f;
+    for (int64_t j = 0; j < w.rows(); ++j) {
+      w(j, i) = 1.0f + 0x1p-7f * static_cast<float>((i + j) % 3);
+    }
+  }
+  const Vector bias = Vector::Zero(w.rows());
+  RowMatrix approx, bound;
+  ASSERT_TRUE(screen_.IntervalsForTesting(x, w, bias.data(), &approx, &bound));
+  double beyond_the_rest = 0;  // the largest |a - v| over what the bound has without gamma
+  for (Eigen::Index b = 0; b < x.rows(); ++b) {
+    for (Eigen::Index j = 0; j < w.rows(); ++j) {
+      const float v = topk_screen_internal::DotProduct(x.row(b).data(), w.row(j).data(), d_in);
+      const double off = std::abs(static_cast<double>(approx(b, j)) - v);
+      EXPECT_LE(off, bound(b, j)) << "row " << b << ", unit " << j << ": a " << approx(b, j)
+                                  << ", v " << v;
+      const double rest = 0x1p-20 * std::abs(approx(b, j)) + d_in * 0x1p-70;
+      beyond_the_rest = std::max(beyond_the_rest, off / rest);
+    }
+  }
+  EXPECT_GT(beyond_the_rest, 1.0) << "the sums agree too well to test the gamma(n) term";
+}
+
 // Where the bfloat16 values rank two units the wrong way round, the screen
 // still keeps the one whose float32 value is larger: unit 0 rounds up (a
 // 790.1, v 787.07), unit 1 down (a 784.1, v 787.16 with its bias).
@@ -268,6 +304,31 @@ TEST_F(TopKScreenTest, RefusesValuesItCannotBound) {
     EXPECT_EQ(idx, std::vector<int32_t>(20 * 8, -7));
     EXPECT_EQ(val, std::vector<float>(20 * 8, -7.0f));
   }
+  std::vector<int32_t> idx(20 * 257, -7);
+  std::vector<float> val(20 * 257, -7.0f);
+  EXPECT_FALSE(screen_.Select(x, w, bias.data(), 0, idx.data(), val.data())) << "k = 0";
+  EXPECT_FALSE(screen_.Select(x, w, bias.data(), 257, idx.data(), val.data())) << "k > d_hidden";
+  EXPECT_EQ(idx, std::vector<int32_t>(20 * 257, -7));
+  EXPECT_EQ(val, std::vector<float>(20 * 257, -7.0f));
+}
+
+// Weights it cannot bound usually stay so for many steps: after a refusal,
+// ShouldSelect says no for kRetryAfter calls rather than convert them
+// again at every step.
+TEST_F(TopKScreenTest, ShouldSelectBacksOffAfterARefusal) {
+  const int64_t rows = 64, d_in = 128, d_h = 1024, k = 16;
+  const RowMatrix x = Normal(rows, d_in, 44);
+  RowMatrix w = Normal(d_h, d_in, 45);
+  w(100, 5) = std::numeric_limits<float>::infinity();
+  const Vector bias = Vector::Zero(d_h);
+  std::vector<int32_t> idx(rows * k);
+  std::vector<float> val(rows * k);
+  ASSERT_TRUE(screen_.ShouldSelect(rows, d_in, d_h, k));
+  EXPECT_FALSE(screen_.Select(x, w, bias.data(), k, idx.data(), val.data()));
+  for (int i = 0; i < TopKScreen::kRetryAfter; ++i) {
+    EXPECT_FALSE(screen_.ShouldSelect(rows, d_in, d_h, k)) << "call " << i;
+  }
+  EXPECT_TRUE(screen_.ShouldSelect(rows, d_in, d_h, k));
 }
 
 // When values bunch so that most units stay candidates, the screen costs
