@@ -54,6 +54,7 @@ LossTerms DenseLoss(const ModelConfig& config, const ParameterSet& params,
   const Eigen::Index d_h = config.d_hidden;
   const double inv_b = 1.0 / static_cast<double>(batch);
   LossTerms t;
+  EnsureShape(ws.pre, batch, d_h);
   RowMatrix& codes = ws.pre;
   Gemm(Transpose::kNo, Transpose::kYes, 1.0f, ws.centered, params.w_enc_t(),
        0.0f, codes);
@@ -172,7 +173,10 @@ LossTerms TopKLoss(const ModelConfig& config, const ParameterSet& params,
       ws.topk_screen.Select(ws.centered, params.w_enc_t(), params.b_enc().data(), k,
                             ws.topk_indices.data(), ws.topk_values.data());
   ws.topk_screened = screened;
-  if (!screened) {
+  if (screened) {
+    ws.pre = RowMatrix();  // the screen holds its own products; free the full ones
+  } else {
+    EnsureShape(ws.pre, batch, d_h);
     ws.pre.rowwise() = params.b_enc().transpose();
     Gemm(Transpose::kNo, Transpose::kYes, 1.0f, ws.centered, params.w_enc_t(),
          1.0f, ws.pre);
@@ -328,7 +332,6 @@ void PrepareWorkspace(const ModelConfig& config, const ParameterSet& params,
                       ConstMatrixRef input, ObjectiveWorkspace& ws) {
   const Eigen::Index batch = input.rows();
   EnsureShape(ws.centered, batch, config.d_in);
-  EnsureShape(ws.pre, batch, config.d_hidden);
   EnsureShape(ws.output, batch, config.d_in);
   ws.unit_fired.resize(static_cast<size_t>(config.d_hidden));
   ws.centered = input.rowwise() - params.b_dec().transpose();

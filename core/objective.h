@@ -47,10 +47,13 @@ struct Gradients {
   std::vector<uint8_t> unit_touched;
 };
 
-// Scratch memory reused across batches so that a step allocates nothing.
+// Scratch memory reused across batches, so that a step of the same shape
+// as the last allocates little (the TopK screen's candidate lists aside).
 struct ObjectiveWorkspace {
   RowMatrix centered;     // input - b_dec
-  RowMatrix pre;          // pre-activations, then codes (dense path)
+  // Pre-activations, then codes (dense path); TopK: the full product when
+  // the screen does not select, and empty while it does.
+  RowMatrix pre;
   RowMatrix output;       // x_hat, then dLoss/dx_hat
   RowMatrix grad_codes;   // dLoss/df (dense path)
   std::vector<int32_t> topk_indices;
