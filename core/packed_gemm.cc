@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "core/lane_masks.h"
 #include "core/parallel.h"
 
 namespace sae {
@@ -73,10 +74,7 @@ struct Avx512 {
     } else {
       for (int64_t t = 0; t < b.num_steps; ++t) Step<R>(b, b.steps[t], lo, hi);
     }
-    const __mmask16 m0 = b.width >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << b.width) - 1);
-    const __mmask16 m1 = b.width >= 32   ? 0xFFFF
-                         : b.width <= 16 ? 0
-                                         : static_cast<__mmask16>((1u << (b.width - 16)) - 1);
+    const __mmask16 m0 = FirstLanes(b.width), m1 = FirstLanes(b.width - 16);
     for (int r = 0; r < R; ++r) {
       float* dst = b.c + r * b.ldc;
       _mm512_mask_storeu_ps(dst, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, dst), lo[r]));

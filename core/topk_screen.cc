@@ -11,6 +11,7 @@
 #include <numeric>
 
 #include "core/activations.h"
+#include "core/lane_masks.h"
 #include "core/parallel.h"
 
 namespace sae {
@@ -73,12 +74,6 @@ double NormBound(float sum_of_squares, int64_t n) {
 // (The masked forms of the intrinsics below, with every lane set, avoid
 // GCC 12's maybe-uninitialized warnings about the plain ones' headers.)
 constexpr __mmask16 kAll = 0xFFFF;
-
-// The mask of the first `count` of 16 lanes (none for count <= 0).
-inline __mmask16 FirstLanes(int64_t count) {
-  if (count >= 16) return kAll;
-  return count <= 0 ? 0 : static_cast<__mmask16>((1u << count) - 1);
-}
 
 SAE_BF16_TARGET inline __m512 WordsToFloats(__m256i words) {
   return _mm512_castsi512_ps(
